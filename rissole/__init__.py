@@ -1,0 +1,3 @@
+"""rissole: compact retrieval-guided image generation (RISSOLE, RDM, RARM)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from rissole.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,328 @@
+"""Plain PyTorch training loop for the VQ-GAN, resumable bit for bit.
+
+Run directory layout:
+    RUN/checkpoint/   latest full checkpoint (weights, EMA, discriminator, optimizer + RNG state)
+    RUN/final/        inference weights only (config, model, EMA): what is shipped and loaded
+    RUN/log.csv       one row per step;  RUN/val.csv  one row per validation
+Data order depends only on (seed, step), so a resumed run sees exactly the batches an
+uninterrupted run would; every other random draw uses a generator whose state is saved.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rissole.autoencoder.losses import adaptive_gan_weight, build_discriminator, hinge_d_loss, psnr
+from rissole.autoencoder.vqgan import VQGANConfig, VQModel
+from rissole.checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint
+from rissole.config import require
+from rissole.data import load_source, to_model_range
+from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
+from rissole.ema import EMA
+from rissole.errors import CheckpointError, ConfigError
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "steps": 4000,
+    "batch_size": 64,
+    "lr": 3.0e-4,
+    "betas": [0.5, 0.9],
+    "lr_schedule": "cosine",  # constant | cosine (to 0 at the last step), after a linear warm-up
+    "warmup_steps": 100,
+    "grad_clip": 1.0,
+    "seed": 0,
+    "ema_decay": None,
+    "codebook_weight": 1.0,
+    "disc_start": None,  # step at which the PatchGAN term starts; None = never
+    "disc_weight": 0.5,
+    "disc_ndf": 32,
+    "disc_layers": 2,
+    "lpips_weights": None,  # path to a local LPIPS file (see rissole.autoencoder.lpips)
+    "perceptual_weight": 1.0,
+    "restart_dead_codes_every": 200,  # re-seed codes unused over this many steps; 0 = off
+    "restart_until": 0.8,  # fraction of training after which codes are left alone
+    "ckpt_every": 500,
+    "val_every": 500,
+    "val_images": 1000,
+    "device": "auto",
+}
+
+
+def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
+    """Indices of the batch at `step`: epoch-wise seeded permutations, last partial batch dropped."""
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise ConfigError(f"train.batch_size={batch_size} is larger than the training set ({n} images).")
+    epoch, pos = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[pos * batch_size : (pos + 1) * batch_size]
+
+
+class VQGANTrainer:
+    """Owns the model, discriminator, optimizers, EMA and RNG state of one run."""
+
+    def __init__(self, config: dict[str, Any], run_dir: str | os.PathLike) -> None:
+        require(config, "config", ["model", "data"])
+        self.config = config
+        self.train_cfg = {**TRAIN_DEFAULTS, **config.get("train", {})}
+        unknown = set(config.get("train", {})) - set(TRAIN_DEFAULTS)
+        if unknown:
+            raise ConfigError(f"unknown train keys {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}")
+        self.config["train"] = self.train_cfg
+        self.run_dir = Path(run_dir)
+        tc = self.train_cfg
+        self.device = pick_device(tc["device"])
+        self.amp = autocast_dtype(self.device)
+        torch.manual_seed(tc["seed"])
+        self.model_config = VQGANConfig.from_dict(config["model"])
+        self.model = VQModel(self.model_config).to(self.device)
+        dd = self.model_config.ddconfig
+        self.use_disc = tc["disc_start"] is not None
+        self.disc = build_discriminator(dd["out_ch"], tc["disc_ndf"], tc["disc_layers"]).to(self.device) if self.use_disc else None
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=tc["lr"], betas=tuple(tc["betas"]))
+        self.opt_d = (
+            torch.optim.Adam(self.disc.parameters(), lr=tc["lr"], betas=tuple(tc["betas"])) if self.disc else None
+        )
+        self.scaler = make_grad_scaler(self.device, self.amp)
+        if tc["lr_schedule"] not in ("constant", "cosine"):
+            raise ConfigError(f"train.lr_schedule must be 'constant' or 'cosine', found {tc['lr_schedule']!r}.")
+        self.ema = EMA(self.model, tc["ema_decay"]) if tc["ema_decay"] else None
+        self.lpips = None
+        if tc["lpips_weights"]:
+            from rissole.autoencoder.lpips import LPIPS
+
+            self.lpips = LPIPS.from_files(tc["lpips_weights"]).to(self.device)
+        self.gen = torch.Generator().manual_seed(tc["seed"] + 1)
+        self.code_usage = torch.zeros(self.model_config.n_embed, dtype=torch.int64)
+        self.step = 0
+
+    # ---------------------------------------------------------------- state
+    def _weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        w = {"model": self.model.state_dict()}
+        if self.ema:
+            w["ema"] = self.ema.state_dict()
+        if self.disc:
+            w["discriminator"] = {f"loss.discriminator.{k}": v for k, v in self.disc.state_dict().items()}
+        return w
+
+    def save(self) -> None:
+        tensors, meta = flatten_optimizer(self.opt, "opt")
+        if self.opt_d:
+            t2, m2 = flatten_optimizer(self.opt_d, "opt_d")
+            tensors.update(t2)
+            meta = {"opt": meta, "opt_d": m2}
+        else:
+            meta = {"opt": meta}
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.gen"] = self.gen.get_state()
+        tensors["code_usage"] = self.code_usage
+        meta["scaler"] = self.scaler.state_dict()
+        save_checkpoint(self.run_dir / "checkpoint", "vqgan", self.step, self._cfg_for_save(), self._weights(), tensors, meta)
+
+    def save_final(self) -> Path:
+        w = {"model": self.model.state_dict()}
+        if self.ema:
+            w["ema"] = self.ema.state_dict()
+        return save_checkpoint(self.run_dir / "final", "vqgan", self.step, self._cfg_for_save(), w)
+
+    def _cfg_for_save(self) -> dict[str, Any]:
+        return {k: v for k, v in self.config.items() if k not in ("kind", "format_version", "step")}
+
+    def resume(self) -> None:
+        ckpt = load_checkpoint(self.run_dir / "checkpoint", expect_kind="vqgan", with_trainer=True)
+        if ckpt.config["model"] != self.config["model"]:
+            raise CheckpointError(
+                f"{ckpt.path}: the checkpoint's model config differs from the one given; resume with the same config."
+            )
+        ckpt.load_into(self.model, "model")
+        if self.ema:
+            self.ema.load_state_dict(ckpt.weights["ema"])
+        if self.disc:
+            prefix = "loss.discriminator."
+            self.disc.load_state_dict({k[len(prefix):]: v for k, v in ckpt.weights["discriminator"].items()})
+        t, m = ckpt.trainer_tensors, ckpt.trainer_meta
+        restore_optimizer(self.opt, "opt", t, m["opt"])
+        if self.opt_d:
+            restore_optimizer(self.opt_d, "opt_d", t, m["opt_d"])
+        torch.set_rng_state(t["rng.torch"])
+        self.gen.set_state(t["rng.gen"])
+        self.code_usage.copy_(t["code_usage"])
+        self.scaler.load_state_dict(m["scaler"])
+        self.step = ckpt.step
+
+    # ---------------------------------------------------------------- training
+    def _restart_dead_codes(self, latents: torch.Tensor) -> int:
+        """Re-seed codes unused since the last check with random encoder outputs of the current batch."""
+        dead = (self.code_usage == 0).nonzero().flatten()
+        self.code_usage.zero_()
+        if dead.numel() == 0:
+            return 0
+        flat = latents.detach().permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).float().cpu()
+        pick = torch.randint(0, flat.shape[0], (dead.numel(),), generator=self.gen)
+        with torch.no_grad():
+            self.model.quantize.embedding.weight[dead.to(self.device)] = flat[pick].to(self.device)
+        return int(dead.numel())
+
+    def learning_rate(self) -> float:
+        """Linear warm-up, then constant or cosine decay to zero at the last step."""
+        tc = self.train_cfg
+        warm = min(1.0, (self.step + 1) / max(1, tc["warmup_steps"]))
+        if tc["lr_schedule"] == "constant":
+            return tc["lr"] * warm
+        progress = min(1.0, self.step / max(1, tc["steps"]))
+        return tc["lr"] * warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+        tc = self.train_cfg
+        self.model.train()
+        lr = self.learning_rate()
+        for opt in (self.opt, self.opt_d):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = lr
+        disc_on = self.use_disc and self.step >= tc["disc_start"]
+        with autocast(self.device, self.amp):
+            h = self.model.encode(x)
+            z_q, qloss, idx = self.model.quantize_latent(h)
+            xrec = self.model.decoder(self.model.post_quant_conv(z_q))
+            rec = (x - xrec).abs().mean()
+            nll = rec + (tc["perceptual_weight"] * self.lpips(xrec, x).mean() if self.lpips is not None else 0.0)
+            loss = nll + tc["codebook_weight"] * qloss
+            g_loss = d_weight = torch.zeros((), device=self.device)
+            if disc_on:
+                g_loss = -self.disc(xrec).mean()
+                d_weight = adaptive_gan_weight(nll, g_loss, self.model.last_layer()) * tc["disc_weight"]
+                loss = loss + d_weight * g_loss
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
+        self.scaler.step(self.opt)
+        d_loss = torch.zeros(())
+        if disc_on:
+            with autocast(self.device, self.amp):
+                d_loss = hinge_d_loss(self.disc(x), self.disc(xrec.detach()))
+            self.opt_d.zero_grad(set_to_none=True)
+            self.scaler.scale(d_loss).backward()
+            self.scaler.step(self.opt_d)
+        self.scaler.update()
+        if self.ema:
+            self.ema.update(self.model)
+        self.code_usage += torch.bincount(idx.flatten().cpu(), minlength=self.model_config.n_embed)
+        self.step += 1
+        restarted = 0
+        every = tc["restart_dead_codes_every"]
+        if every and self.step % every == 0 and self.step <= tc["restart_until"] * tc["steps"]:
+            restarted = self._restart_dead_codes(h)
+        return {
+            "loss": float(loss.detach()),
+            "rec_l1": float(rec.detach()),
+            "codebook": float(qloss.detach()),
+            "g_loss": float(g_loss.detach()),
+            "d_loss": float(d_loss.detach()),
+            "d_weight": float(d_weight),
+            "restarted_codes": restarted,
+            "lr": lr,
+        }
+
+    @torch.no_grad()
+    def validate(self, images: np.ndarray) -> dict[str, float]:
+        """PSNR (dB) and codebook usage on held-out images, with the inference (EMA) weights if any."""
+        model = self.model
+        if self.ema:
+            model = VQModel(self.model_config).to(self.device)
+            model.load_state_dict(self.ema.state_dict())
+        model.eval()
+        psnrs, used = [], torch.zeros(self.model_config.n_embed, dtype=torch.bool)
+        for start in range(0, len(images), 256):
+            x = to_model_range(images[start : start + 256]).to(self.device)
+            xrec, _, idx = model(x)
+            psnrs.append(psnr(xrec.clamp(-1, 1), x).cpu())
+            used[idx.flatten().cpu()] = True
+        return {"val_psnr": float(torch.cat(psnrs).mean()), "val_code_usage": float(used.float().mean())}
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _truncate_csv(path: Path, last_step: int) -> None:
+    """Drop log rows written after the checkpoint being resumed (they will be written again)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keep = [r for r in rows if int(r["step"]) <= last_step]
+    if rows and len(keep) != len(rows):
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(keep)
+        os.replace(tmp, path)
+
+
+def train_vqgan(
+    config: dict[str, Any],
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    stop_after: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> VQGANTrainer:
+    """Train (or resume) a VQ-GAN run; `stop_after` ends this invocation early (with a checkpoint)."""
+    trainer = VQGANTrainer(config, run_dir)
+    tc, dc = trainer.train_cfg, config["data"]
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        trainer.resume()
+        for name in ("log.csv", "val.csv"):
+            _truncate_csv(run_dir / name, trainer.step)
+    elif (run_dir / "checkpoint").exists():
+        raise CheckpointError(
+            f"{run_dir}/checkpoint exists: pass --resume to continue that run, or choose another --out."
+        )
+    size, channels = trainer.model_config.ddconfig["resolution"], trainer.model_config.ddconfig["in_channels"]
+    data_dir = data_dir or dc.get("data_dir")
+    train_set = load_source(dc["source"], data_dir=data_dir, size=size, channels=channels, limit=dc.get("limit"))
+    val_images = None
+    if dc.get("val_source"):
+        val_images = load_source(dc["val_source"], data_dir=data_dir, size=size, channels=channels, limit=tc["val_images"]).images
+    images = train_set.images
+    end = tc["steps"] if stop_after is None else min(tc["steps"], trainer.step + stop_after)
+    bar = tqdm(total=tc["steps"], initial=trainer.step, desc="vqgan", unit="step", disable=not progress)
+    t0 = time.time()
+    while trainer.step < end:
+        idx = batch_indices(tc["seed"], trainer.step, tc["batch_size"], len(images))
+        x = to_model_range(images[idx]).to(trainer.device)
+        logs = trainer.train_step(x)
+        if not math.isfinite(logs["loss"]):
+            raise RuntimeError(f"loss became {logs['loss']} at step {trainer.step}; lower train.lr or enable grad_clip.")
+        _append_csv(run_dir / "log.csv", {"step": trainer.step, **{k: f"{v:.6g}" for k, v in logs.items()}})
+        bar.update(1)
+        bar.set_postfix(l1=f"{logs['rec_l1']:.4f}", cb=f"{logs['codebook']:.4f}")
+        last = trainer.step == end
+        if val_images is not None and (trainer.step % tc["val_every"] == 0 or trainer.step == tc["steps"]):
+            val = trainer.validate(val_images)
+            _append_csv(run_dir / "val.csv", {"step": trainer.step, "seconds": f"{time.time() - t0:.1f}", **val})
+            bar.write(f"step {trainer.step}: val PSNR {val['val_psnr']:.2f} dB, code usage {val['val_code_usage']:.1%}")
+        if trainer.step % tc["ckpt_every"] == 0 or last:
+            trainer.save()
+    bar.close()
+    if trainer.step == tc["steps"]:
+        trainer.save_final()
+    return trainer

@@ -1,0 +1,52 @@
+"""Entry point of the `rissole` command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rissole.errors import RissoleError
+
+# Each module defines register(subparsers) and sets `func` on the parsers it adds.
+COMMAND_MODULES = (
+    "rissole.cli.vqgan_cmd",
+    "rissole.cli.encode_cmd",
+    "rissole.cli.eval_cmd",
+    "rissole.cli.db_cmd",
+    "rissole.cli.demo_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rissole",
+        description="Compact retrieval-guided image generation: first stage, retrieval database, generators, evaluation.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a command group not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RissoleError as exc:
+        print(f"rissole: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rissole: interrupted; files already on disk are complete (written atomically).", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

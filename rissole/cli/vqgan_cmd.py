@@ -1,0 +1,93 @@
+"""`rissole vqgan train | reconstruct | import`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rissole.paths import SHIPPED_VQGAN
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("vqgan", help="train, inspect and import the VQ-GAN first stage")
+    vsub = p.add_subparsers(dest="vqgan_command", metavar="ACTION", required=True)
+
+    t = vsub.add_parser("train", help="train a VQ-GAN from a YAML config (resumable)")
+    t.add_argument("--config", required=True, help="YAML config, e.g. configs/vqgan/fmnist_f4.yaml")
+    t.add_argument("--out", required=True, help="run directory: checkpoint/, final/, log.csv, val.csv")
+    t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint bit for bit (same config)")
+    t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries, e.g. train.steps=200")
+    t.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files (default: the Debian package's)")
+    t.add_argument("--stop-after", type=int, default=None, help="end this invocation after N steps (checkpointed)")
+    t.set_defaults(func=_train)
+
+    r = vsub.add_parser("reconstruct", help="originals and reconstructions side by side, as a PNG grid")
+    r.add_argument("--ckpt", default=str(SHIPPED_VQGAN), help="VQ-GAN checkpoint directory (default: the shipped one)")
+    r.add_argument("--source", default="fmnist:test", help="images: fmnist:test, folder:PATH, npy:PATH")
+    r.add_argument("-n", type=int, default=32, help="number of images")
+    r.add_argument("--out", default="reconstructions.png", help="output PNG (pairs: original | reconstruction)")
+    r.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
+    r.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    r.set_defaults(func=_reconstruct)
+
+    i = vsub.add_parser("import", help="convert a taming / latent-diffusion VQ .ckpt into a rissole checkpoint")
+    i.add_argument("ckpt", help=".ckpt with a state_dict (loaded with weights_only=True, nothing is executed)")
+    i.add_argument("--config", required=True, help="the taming/latent-diffusion YAML config that goes with it")
+    i.add_argument("--out", required=True, help="output checkpoint directory")
+    i.set_defaults(func=_import)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rissole.autoencoder.train import train_vqgan
+    from rissole.config import apply_overrides, load_config
+
+    cfg = apply_overrides(load_config(args.config), args.set)
+    trainer = train_vqgan(cfg, args.out, resume=args.resume, stop_after=args.stop_after, data_dir=args.data_dir)
+    where = Path(args.out) / ("final" if trainer.step == trainer.train_cfg["steps"] else "checkpoint")
+    print(f"step {trainer.step}/{trainer.train_cfg['steps']}: wrote {where}")
+    return 0
+
+
+@torch.no_grad()
+def reconstruct(ckpt: str, source: str, n: int, device: str = "auto", data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(originals, reconstructions) as uint8 (n, C, H, W)."""
+    from rissole.autoencoder import load_vqgan
+    from rissole.data import from_model_range, load_source, to_model_range
+    from rissole.device import pick_device
+
+    dev = pick_device(device)
+    model = load_vqgan(ckpt, dev)
+    dd = model.config.ddconfig
+    images = load_source(source, data_dir=data_dir, size=dd["resolution"], channels=dd["in_channels"], limit=n).images
+    recs = [from_model_range(model(to_model_range(images[s : s + 256]).to(dev))[0]) for s in range(0, len(images), 256)]
+    return images, np.concatenate(recs)
+
+
+def side_by_side(originals: np.ndarray, recs: np.ndarray, pairs_per_row: int = 8) -> np.ndarray:
+    """Interleave so each original is followed by its reconstruction."""
+    both = np.empty((2 * len(originals), *originals.shape[1:]), dtype=np.uint8)
+    both[0::2], both[1::2] = originals, recs
+    return both
+
+
+def _reconstruct(args: argparse.Namespace) -> int:
+    from rissole.autoencoder.losses import psnr
+    from rissole.data import to_model_range
+    from rissole.images import save_grid
+
+    originals, recs = reconstruct(args.ckpt, args.source, args.n, args.device, args.data_dir)
+    save_grid(side_by_side(originals, recs), args.out, nrow=16)
+    db = float(psnr(to_model_range(recs), to_model_range(originals)).mean())
+    print(f"wrote {args.out}: {len(originals)} pairs (original | reconstruction), mean PSNR {db:.2f} dB")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from rissole.autoencoder.convert import config_from_taming_yaml, import_taming_checkpoint
+
+    out = import_taming_checkpoint(args.ckpt, config_from_taming_yaml(args.config), args.out)
+    print(f"wrote {out}")
+    return 0

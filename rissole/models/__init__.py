@@ -1,0 +1,1 @@
+"""Denoising networks (torch). The samplers that drive them live in rissole.diffusion."""
