@@ -77,8 +77,8 @@ def encode_images(
     labels_name = None
     if labels is not None:
         labels_name = out_path.stem + ".labels.npy"
-        with atomic_path(out_path.parent / labels_name, suffix=".npy") as tmp:
-            np.save(tmp, np.asarray(labels, dtype=np.int64))
+        with atomic_path(out_path.parent / labels_name) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(labels, dtype=np.int64))  # a file object: np.save would append .npy to a path
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

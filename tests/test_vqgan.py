@@ -12,7 +12,8 @@ import torch
 
 from rissole.autoencoder import VQGANConfig, VQModel, load_vqgan
 from rissole.autoencoder.convert import import_taming_checkpoint
-from rissole.autoencoder.train import batch_indices, train_vqgan
+from rissole.autoencoder.train import train_vqgan
+from rissole.training import batch_indices
 from rissole.checkpoint import load_checkpoint, save_checkpoint
 from rissole.data import to_model_range
 from rissole.errors import CheckpointError

@@ -10,7 +10,6 @@ uninterrupted run would; every other random draw uses a generator whose state is
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -29,6 +28,7 @@ from rissole.data import load_source, to_model_range
 from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
 from rissole.ema import EMA
 from rissole.errors import CheckpointError, ConfigError
+from rissole.training import append_csv, batch_indices, learning_rate, truncate_csv
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 4000,
@@ -54,16 +54,6 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "val_images": 1000,
     "device": "auto",
 }
-
-
-def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
-    """Indices of the batch at `step`: epoch-wise seeded permutations, last partial batch dropped."""
-    per_epoch = n // batch_size
-    if per_epoch == 0:
-        raise ConfigError(f"train.batch_size={batch_size} is larger than the training set ({n} images).")
-    epoch, pos = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[pos * batch_size : (pos + 1) * batch_size]
 
 
 class VQGANTrainer:
@@ -92,8 +82,7 @@ class VQGANTrainer:
             torch.optim.Adam(self.disc.parameters(), lr=tc["lr"], betas=tuple(tc["betas"])) if self.disc else None
         )
         self.scaler = make_grad_scaler(self.device, self.amp)
-        if tc["lr_schedule"] not in ("constant", "cosine"):
-            raise ConfigError(f"train.lr_schedule must be 'constant' or 'cosine', found {tc['lr_schedule']!r}.")
+        learning_rate(tc["lr"], 0, tc["steps"], tc["warmup_steps"], tc["lr_schedule"])  # validates the schedule name
         self.ema = EMA(self.model, tc["ema_decay"]) if tc["ema_decay"] else None
         self.lpips = None
         if tc["lpips_weights"]:
@@ -171,19 +160,10 @@ class VQGANTrainer:
             self.model.quantize.embedding.weight[dead.to(self.device)] = flat[pick].to(self.device)
         return int(dead.numel())
 
-    def learning_rate(self) -> float:
-        """Linear warm-up, then constant or cosine decay to zero at the last step."""
-        tc = self.train_cfg
-        warm = min(1.0, (self.step + 1) / max(1, tc["warmup_steps"]))
-        if tc["lr_schedule"] == "constant":
-            return tc["lr"] * warm
-        progress = min(1.0, self.step / max(1, tc["steps"]))
-        return tc["lr"] * warm * 0.5 * (1.0 + math.cos(math.pi * progress))
-
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
         tc = self.train_cfg
         self.model.train()
-        lr = self.learning_rate()
+        lr = learning_rate(tc["lr"], self.step, tc["steps"], tc["warmup_steps"], tc["lr_schedule"])
         for opt in (self.opt, self.opt_d):
             if opt is not None:
                 for group in opt.param_groups:
@@ -250,31 +230,6 @@ class VQGANTrainer:
         return {"val_psnr": float(torch.cat(psnrs).mean()), "val_code_usage": float(used.float().mean())}
 
 
-def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
-def _truncate_csv(path: Path, last_step: int) -> None:
-    """Drop log rows written after the checkpoint being resumed (they will be written again)."""
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    keep = [r for r in rows if int(r["step"]) <= last_step]
-    if rows and len(keep) != len(rows):
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(keep)
-        os.replace(tmp, path)
-
-
 def train_vqgan(
     config: dict[str, Any],
     run_dir: str | os.PathLike,
@@ -291,7 +246,7 @@ def train_vqgan(
     if resume:
         trainer.resume()
         for name in ("log.csv", "val.csv"):
-            _truncate_csv(run_dir / name, trainer.step)
+            truncate_csv(run_dir / name, trainer.step)
     elif (run_dir / "checkpoint").exists():
         raise CheckpointError(
             f"{run_dir}/checkpoint exists: pass --resume to continue that run, or choose another --out."
@@ -312,13 +267,13 @@ def train_vqgan(
         logs = trainer.train_step(x)
         if not math.isfinite(logs["loss"]):
             raise RuntimeError(f"loss became {logs['loss']} at step {trainer.step}; lower train.lr or enable grad_clip.")
-        _append_csv(run_dir / "log.csv", {"step": trainer.step, **{k: f"{v:.6g}" for k, v in logs.items()}})
+        append_csv(run_dir / "log.csv", {"step": trainer.step, **{k: f"{v:.6g}" for k, v in logs.items()}})
         bar.update(1)
         bar.set_postfix(l1=f"{logs['rec_l1']:.4f}", cb=f"{logs['codebook']:.4f}")
         last = trainer.step == end
         if val_images is not None and (trainer.step % tc["val_every"] == 0 or trainer.step == tc["steps"]):
             val = trainer.validate(val_images)
-            _append_csv(run_dir / "val.csv", {"step": trainer.step, "seconds": f"{time.time() - t0:.1f}", **val})
+            append_csv(run_dir / "val.csv", {"step": trainer.step, "seconds": f"{time.time() - t0:.1f}", **val})
             bar.write(f"step {trainer.step}: val PSNR {val['val_psnr']:.2f} dB, code usage {val['val_code_usage']:.1%}")
         if trainer.step % tc["ckpt_every"] == 0 or last:
             trainer.save()
