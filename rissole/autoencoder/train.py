@@ -45,7 +45,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "disc_weight": 0.5,
     "disc_ndf": 32,
     "disc_layers": 2,
-    "lpips_weights": None,  # path to a local LPIPS file (see rissole.autoencoder.lpips)
+    "lpips_weights": None,  # local LPIPS file(s): one path, a list, or {"vgg": ..., "lin": ...} (rissole.autoencoder.lpips)
     "perceptual_weight": 1.0,
     "restart_dead_codes_every": 200,  # re-seed codes unused over this many steps; 0 = off
     "restart_until": 0.8,  # fraction of training after which codes are left alone
