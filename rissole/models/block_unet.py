@@ -39,7 +39,7 @@ class BlockDenoiserConfig:
     retrieval: bool = True  # off: RISSOLE-RAG
     position: bool = False  # on: RISSOLE+Pos
     previous_block: bool = False  # on: RISSOLE+P (sequential sampling)
-    key: str = "first"  # retrieval key: block 0 ("first", the paper) or the whole latent ("full")
+    key: str = "block0"  # retrieval key: block 0 (the paper) or the whole latent ("latent"), see rissole.retrieval.keys
 
     def __post_init__(self) -> None:
         if self.latent_size % self.grid:
@@ -47,8 +47,8 @@ class BlockDenoiserConfig:
                 f"latent size {self.latent_size} is not divisible by grid {self.grid}; "
                 "use a grid that divides it (an 8x8 latent takes g in {1, 2, 4}) or a first stage with a 12x12 latent for g=3."
             )
-        if self.key not in ("first", "full"):
-            raise ConfigError(f"key must be 'first' or 'full', found {self.key!r}")
+        if self.key not in ("block0", "latent"):
+            raise ConfigError(f"key must be 'block0' or 'latent', found {self.key!r}")
         if self.block_size % 2 ** (len(self.channel_mult) - 1):
             raise ConfigError(
                 f"block size {self.block_size} cannot be halved {len(self.channel_mult) - 1} times; shorten channel_mult."

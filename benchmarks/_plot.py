@@ -1,0 +1,67 @@
+"""Small line plots as PNG with Pillow (no plotting library on the reference machine)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+
+
+@dataclass
+class Panel:
+    title: str
+    xlabel: str
+    ylabel: str
+    series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    xlog: bool = True
+    hline: float | None = None  # e.g. a recall target
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def save_panels(panels: list[Panel], path: str | Path, width: int = 560, height: int = 420) -> None:
+    """Panels side by side; each series a polyline with markers, shared legend per panel."""
+    img = Image.new("RGB", (width * len(panels), height), "white")
+    draw = ImageDraw.Draw(img)
+    small, big = _font(12), _font(15)
+    for i, p in enumerate(panels):
+        x0, y0, x1, y1 = i * width + 70, 40, (i + 1) * width - 20, height - 60
+        pts = [pt for s in p.series.values() for pt in s]
+        fx = (lambda v: math.log10(v)) if p.xlog else (lambda v: v)
+        xs, ys = [fx(x) for x, _ in pts], [y for _, y in pts] + ([p.hline] if p.hline is not None else [])
+        xmin, xmax = (math.floor(min(xs)), math.ceil(max(xs))) if p.xlog else (min(xs), max(xs))
+        ymin, ymax = min(ys), max(ys)
+        ymin, ymax = ymin - 0.05 * (ymax - ymin + 1e-9), ymax + 0.05 * (ymax - ymin + 1e-9)
+        X = lambda v: x0 + (fx(v) - xmin) / (xmax - xmin or 1) * (x1 - x0)  # noqa: E731
+        Y = lambda v: y1 - (v - ymin) / (ymax - ymin or 1) * (y1 - y0)  # noqa: E731
+        draw.rectangle([x0, y0, x1, y1], outline="black")
+        draw.text(((x0 + x1) / 2, 12), p.title, fill="black", font=big, anchor="mt")
+        draw.text(((x0 + x1) / 2, height - 22), p.xlabel, fill="black", font=small, anchor="mt")
+        draw.text((i * width + 8, (y0 + y1) / 2), p.ylabel, fill="black", font=small, anchor="lm")
+        for e in range(int(xmin), int(xmax) + 1) if p.xlog else []:
+            xv = x0 + (e - xmin) / (xmax - xmin or 1) * (x1 - x0)
+            draw.line([xv, y1, xv, y1 + 5], fill="black")
+            draw.text((xv, y1 + 8), f"1e{e}", fill="black", font=small, anchor="mt")
+        for t in range(6):
+            yv = ymin + t * (ymax - ymin) / 5
+            draw.line([x0 - 5, Y(yv), x0, Y(yv)], fill="black")
+            draw.text((x0 - 8, Y(yv)), f"{yv:.3f}", fill="black", font=small, anchor="rm")
+        if p.hline is not None:
+            draw.line([x0, Y(p.hline), x1, Y(p.hline)], fill="#999999", width=1)
+        for j, (name, s) in enumerate(p.series.items()):
+            c = COLOURS[j % len(COLOURS)]
+            s = sorted(s)
+            draw.line([(X(x), Y(y)) for x, y in s], fill=c, width=2) if len(s) > 1 else None
+            for x, y in s:
+                draw.ellipse([X(x) - 3, Y(y) - 3, X(x) + 3, Y(y) + 3], fill=c)
+            draw.text((x0 + 8, y0 + 8 + 15 * j), name, fill=c, font=small)
+    img.save(path)

@@ -1,0 +1,207 @@
+"""The block database: every latent of a data set cut into g x g blocks, memory-mapped.
+
+On disk a database is a directory:
+
+    manifest.json   format, version, grid, latent/block shapes, dtype, rows, file size,
+                    sha256 of blocks.npy, the VQ-GAN checkpoint hash, the source latents manifest
+    blocks.npy      (b, N, d_block) float32 or float16, standard .npy
+    labels.npy      optional (N,) int64 class labels carried over from the latents
+    indexes/        searchers saved by `rissole db neighbours` (one folder each)
+    neighbours/     neighbour tables (see rissole.retrieval.neighbours)
+
+The (b, N, d) layout keeps the rows of one block position contiguous: the block-0 keys are
+one slab, and "every block of every image" is a plain reshape. Opening maps blocks.npy
+read-only and reads nothing but its header, so a database larger than RAM opens on an 8 GB
+device; the full checksum is only recomputed by `verify`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from einops import rearrange
+from tqdm import tqdm
+
+from rissole.errors import DataError
+from rissole.fileio import atomic_dir, sha256_file, write_json_atomic
+from rissole.retrieval.blocks import check_grid
+
+FORMAT = "rissole-block-db"
+FORMAT_VERSION = 1
+BLOCKS_FILE = "blocks.npy"
+MANIFEST_FILE = "manifest.json"
+LABELS_FILE = "labels.npy"
+DTYPES = ("float32", "float16")
+
+
+@dataclass
+class BlockDatabase:
+    """A read-only memory-mapped block database and its manifest."""
+
+    path: Path
+    manifest: dict[str, Any]
+    array: np.ndarray  # read-only memmap (b, N, d)
+
+    @property
+    def grid(self) -> int:
+        return int(self.manifest["grid"])
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.manifest["num_blocks"])
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    @property
+    def block_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.manifest["block_shape"]
+        return int(c), int(h), int(w)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.manifest["latent_shape"]
+        return int(c), int(h), int(w)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def checkpoint_hash(self) -> str:
+        return str(self.manifest["checkpoint_hash"])
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def dtype_name(self) -> str:
+        return str(self.manifest["dtype"])
+
+    def blocks(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """float32 (len(ids), b, c, h/g, w/g): all blocks of the given rows, read from the memmap."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.rows):
+            raise IndexError(f"row ids must lie in [0, {self.rows}), found {ids.min()}..{ids.max()}")
+        rows = np.take(self.array, ids.ravel(), axis=1).astype(np.float32, copy=False)  # (b, n, d)
+        c, h, w = self.block_shape
+        out = rearrange(rows, "b n (c h w) -> n b c h w", c=c, h=h, w=w)
+        return np.ascontiguousarray(out).reshape(*ids.shape, self.num_blocks, c, h, w)
+
+    def labels(self) -> np.ndarray | None:
+        name = self.manifest.get("labels")
+        return np.load(self.path / name) if name else None
+
+    def check_vqgan(self, checkpoint_hash: str, what: str = "the model") -> None:
+        """Refuse a database built from another VQ-GAN than the one `what` works in."""
+        if checkpoint_hash != self.checkpoint_hash:
+            raise DataError(
+                f"{self.path}: this database was built from VQ-GAN {self.checkpoint_hash[:12]}, but {what} uses "
+                f"{checkpoint_hash[:12]}. Rebuild it with `rissole db build` from latents of that VQ-GAN."
+            )
+
+    def verify(self, progress: bool = True) -> None:
+        """Recompute the full SHA-256 of blocks.npy and compare it with the manifest."""
+        found = sha256_file(self.path / BLOCKS_FILE, progress=progress)
+        if found != self.manifest["sha256"]:
+            raise DataError(
+                f"{self.path / BLOCKS_FILE}: checksum mismatch (manifest {self.manifest['sha256'][:16]}, "
+                f"file {found[:16]}); the file is corrupt. Rebuild with `rissole db build`."
+            )
+
+
+def open_database(path: str | os.PathLike) -> BlockDatabase:
+    """Map a database read-only after checking its manifest against the file size (reads no rows)."""
+    path = Path(path)
+    mpath = path / MANIFEST_FILE
+    if not mpath.is_file():
+        raise DataError(f"{path}: not a block database (no {MANIFEST_FILE}). Build one with `rissole db build`.")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{mpath}: corrupt manifest ({exc}). Rebuild with `rissole db build`.") from exc
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(
+            f"{mpath}: expected {FORMAT} v{FORMAT_VERSION}, found {manifest.get('format')} v{manifest.get('format_version')}."
+        )
+    bpath = path / BLOCKS_FILE
+    if not bpath.is_file():
+        raise DataError(f"{bpath}: missing. Rebuild the database with `rissole db build`.")
+    size = bpath.stat().st_size
+    if size != manifest["file_bytes"]:
+        raise DataError(
+            f"{bpath}: {size} bytes on disk, the manifest expects {manifest['file_bytes']}; the file is truncated "
+            "or does not belong to this manifest. Rebuild with `rissole db build`."
+        )
+    try:
+        array = np.load(bpath, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{bpath}: cannot map ({exc}). Rebuild with `rissole db build`.") from exc
+    expect = (manifest["num_blocks"], manifest["rows"], manifest["dim"])
+    if tuple(array.shape) != expect or str(array.dtype) != manifest["dtype"]:
+        raise DataError(
+            f"{bpath}: manifest says {manifest['dtype']} {list(expect)}, file holds {array.dtype} {list(array.shape)}. "
+            "Rebuild with `rissole db build`."
+        )
+    return BlockDatabase(path, manifest, array)
+
+
+def build_database(
+    latents_path: str | os.PathLike,
+    out: str | os.PathLike,
+    grid: int,
+    dtype: str = "float32",
+    chunk_rows: int = 8192,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> BlockDatabase:
+    """Cut every latent of a `rissole encode` file into blocks and write the database atomically."""
+    from rissole.latents import open_latents  # the runtime opens databases without this (torch) import
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, found {dtype!r}")
+    out = Path(out)
+    if (out / MANIFEST_FILE).exists() and not overwrite:
+        raise DataError(f"{out}: a database is already there. Pass --force to replace it (its indexes and tables go too).")
+    lat = open_latents(latents_path)
+    n, c, h, w = lat.array.shape
+    check_grid(h, w, grid)
+    b, bh, bw = grid * grid, h // grid, w // grid
+    dim = c * bh * bw
+    with atomic_dir(out) as tmp:
+        arr = np.lib.format.open_memmap(tmp / BLOCKS_FILE, mode="w+", dtype=np.dtype(dtype), shape=(b, n, dim))
+        for start in tqdm(range(0, n, chunk_rows), desc="db build", unit="chunk", disable=not progress):
+            z = np.asarray(lat.array[start : start + chunk_rows], dtype=np.float32)
+            arr[:, start : start + z.shape[0]] = rearrange(
+                z, "n c (g1 h) (g2 w) -> (g1 g2) n (c h w)", g1=grid, g2=grid
+            ).astype(dtype)
+        arr.flush()
+        del arr
+        labels = lat.labels()
+        if labels is not None:
+            with open(tmp / LABELS_FILE, "wb") as f:
+                np.save(f, labels)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "grid": grid,
+            "num_blocks": b,
+            "latent_shape": [c, h, w],
+            "block_shape": [c, bh, bw],
+            "dim": dim,
+            "rows": n,
+            "dtype": dtype,
+            "file_bytes": (tmp / BLOCKS_FILE).stat().st_size,
+            "sha256": sha256_file(tmp / BLOCKS_FILE),
+            "checkpoint_hash": lat.checkpoint_hash,
+            "latents": str(Path(latents_path).resolve()),
+            "source": lat.manifest.get("source"),
+            "labels": LABELS_FILE if labels is not None else None,
+        }
+        write_json_atomic(tmp / MANIFEST_FILE, manifest)
+    return open_database(out)

@@ -1,0 +1,167 @@
+"""Neighbour tables: the k nearest database rows of every query row, computed once, saved as int32.
+
+Training and the edge runtime read these tables; nothing searches inside a training loop.
+
+    train     queries = the training rows. When the training set is the database itself each
+              row's own id is excluded (otherwise the model learns to copy its input); with a
+              separate training set (RDM's disjoint database) nothing is excluded.
+    database  queries = every database row (pseudo-queries for unconditional sampling); the
+              row itself is kept, as in RDM's xi_k(x~, D) for x~ in D.
+
+On disk, in <db>/neighbours/: <name>.ids.npy int32 (N, k), <name>.scores.npy float32 (N, k),
+<name>.json (k, backend and parameters, key mode, self-exclusion, query source, database sha256).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from rissole.errors import DataError
+from rissole.fileio import atomic_path, write_json_atomic
+from rissole.retrieval.database import BlockDatabase
+from rissole.retrieval.keys import KeySet, latent_keys
+from rissole.retrieval.searchers import make_searcher
+from rissole.retrieval.searchers.base import Searcher
+
+TABLE_DIR = "neighbours"
+
+
+def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """From k+1 results per row, remove the query's own id (or the worst result if it is absent)."""
+    drop = ids == self_ids[:, None]
+    first = np.argmax(drop, axis=1)
+    found = drop.any(axis=1)
+    col = np.where(found, first, ids.shape[1] - 1)
+    keep = np.ones_like(ids, dtype=bool)
+    keep[np.arange(len(ids)), col] = False
+    return ids[keep].reshape(len(ids), -1)[:, :k], scores[keep].reshape(len(ids), -1)[:, :k]
+
+
+def compute_table(
+    searcher: Searcher,
+    query_rows: Callable[[int, int], np.ndarray],
+    n_queries: int,
+    k: int,
+    exclude_self: bool,
+    batch: int = 2048,
+    progress: bool = True,
+    desc: str = "neighbours",
+) -> tuple[np.ndarray, np.ndarray]:
+    """ids int32 (n, k) and scores float32 (n, k) for query rows [0, n), searched batch by batch."""
+    ids_out = np.empty((n_queries, k), dtype=np.int32)
+    scores_out = np.empty((n_queries, k), dtype=np.float32)
+    for s in tqdm(range(0, n_queries, batch), desc=desc, unit="batch", disable=not progress):
+        e = min(s + batch, n_queries)
+        q = query_rows(s, e)
+        ids, scores = searcher.search(q, k + 1 if exclude_self else k)
+        if exclude_self:
+            ids, scores = drop_self(ids, scores, np.arange(s, e), k)
+        ids_out[s:e], scores_out[s:e] = ids, scores
+    return ids_out, scores_out
+
+
+@dataclass
+class NeighbourTable:
+    ids: np.ndarray  # int32 (N, k), read-only memmap
+    scores: np.ndarray  # float32 (N, k)
+    meta: dict[str, Any]
+
+    @property
+    def k(self) -> int:
+        return int(self.ids.shape[1])
+
+
+def table_paths(db: BlockDatabase, name: str) -> tuple[Path, Path, Path]:
+    base = db.path / TABLE_DIR / name
+    return base.with_suffix(".ids.npy"), base.with_suffix(".scores.npy"), base.with_suffix(".json")
+
+
+def save_table(db: BlockDatabase, name: str, ids: np.ndarray, scores: np.ndarray, meta: dict[str, Any]) -> None:
+    """Write ids, scores, then the JSON last: a table without its JSON is never opened."""
+    pid, psc, pjs = table_paths(db, name)
+    for path, arr in ((pid, ids.astype(np.int32)), (psc, scores.astype(np.float32))):
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr)
+    write_json_atomic(pjs, {**meta, "name": name, "shape": list(ids.shape), "db_sha256": db.manifest["sha256"]})
+
+
+def open_table(db: BlockDatabase, name: str) -> NeighbourTable:
+    """Map a saved table read-only, refusing one made for another database or cut short."""
+    pid, psc, pjs = table_paths(db, name)
+    if not pjs.is_file():
+        raise DataError(f"{pjs}: no neighbour table {name!r} in {db.path}. Make it with `rissole db neighbours {db.path}`.")
+    meta = json.loads(pjs.read_text())
+    if meta.get("db_sha256") != db.manifest["sha256"]:
+        raise DataError(f"{pjs}: made for another database ({str(meta.get('db_sha256'))[:12]}). Re-run `rissole db neighbours`.")
+    try:
+        ids, scores = np.load(pid, mmap_mode="r"), np.load(psc, mmap_mode="r")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{pid.parent}: table {name!r} is truncated or corrupt ({exc}). Re-run `rissole db neighbours`.") from exc
+    if list(ids.shape) != meta["shape"] or ids.shape != scores.shape:
+        raise DataError(f"{pid}: shape {list(ids.shape)}, its JSON says {meta['shape']}. Re-run `rissole db neighbours`.")
+    if ids.size and (int(ids.max()) >= db.rows or int(ids.min()) < 0):
+        raise DataError(f"{pid}: ids outside [0, {db.rows}). Re-run `rissole db neighbours`.")
+    return NeighbourTable(ids, scores, meta)
+
+
+def list_tables(db: BlockDatabase) -> list[str]:
+    return sorted(p.name[: -len(".json")] for p in (db.path / TABLE_DIR).glob("*.json"))
+
+
+def remove_table(db: BlockDatabase, name: str) -> None:
+    for p in table_paths(db, name):
+        if os.path.exists(p):
+            os.unlink(p)
+
+
+def make_tables(
+    db: BlockDatabase,
+    keys: KeySet,
+    backend: str,
+    params: dict[str, Any],
+    k: int,
+    queries_path: str | os.PathLike | None = None,
+    batch: int = 2048,
+    progress: bool = True,
+) -> list[str]:
+    """Build and save an index, then the `train` and `database` tables; returns report lines.
+
+    With the database as its own training set one search of k+1 serves both tables: the
+    `database` table keeps the first k results, the `train` table drops the row itself.
+    """
+    import time
+
+    if keys.mode == "all_blocks":
+        raise ValueError("neighbour tables are per image: use key mode block0 or latent")
+    t0 = time.perf_counter()
+    searcher = make_searcher(backend, **params).build(keys)
+    build_s = time.perf_counter() - t0
+    index_dir = db.path / "indexes" / f"{backend}-{keys.mode}{'-rerank' if searcher.rerank else ''}"
+    searcher.save(index_dir)
+    meta = {"backend": backend, "params": searcher.params, "key_mode": keys.mode, "k": k, "index": str(index_dir.name)}
+    lines = [f"index {index_dir} built in {build_s:.1f} s ({searcher.index_bytes(index_dir) / 2**20:.1f} MiB)"]
+    t0 = time.perf_counter()
+    if queries_path is None:
+        raw_ids, raw_scores = compute_table(searcher, keys.rows, keys.n, k + 1, False, batch, progress, "neighbours")
+        ids, scores = drop_self(raw_ids, raw_scores, np.arange(keys.n), k)
+        save_table(db, "train", ids, scores, {**meta, "exclude_self": True, "queries": "database"})
+        save_table(db, "database", raw_ids[:, :k], raw_scores[:, :k], {**meta, "exclude_self": False, "queries": "database"})
+    else:
+        from rissole.latents import open_latents
+
+        lat = open_latents(queries_path)
+        db.check_vqgan(lat.checkpoint_hash, f"the query latents {queries_path}")
+        rows = lambda s, e: latent_keys(lat.array[s:e], db.grid, keys.mode)  # noqa: E731
+        ids, scores = compute_table(searcher, rows, len(lat.array), k, False, batch, progress, "train neighbours")
+        save_table(db, "train", ids, scores, {**meta, "exclude_self": False, "queries": str(Path(queries_path).resolve())})
+        ids, scores = compute_table(searcher, keys.rows, keys.n, k, False, batch, progress, "database neighbours")
+        save_table(db, "database", ids, scores, {**meta, "exclude_self": False, "queries": "database"})
+    lines.append(f"tables train and database (k = {k}) written to {db.path / TABLE_DIR} in {time.perf_counter() - t0:.1f} s")
+    return lines
