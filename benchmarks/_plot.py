@@ -21,6 +21,16 @@ class Panel:
     hline: float | None = None  # e.g. a recall target
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not beaten on both axes (higher x and higher y), in x order: the trade-off curve."""
+    front, best_y = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if y > best_y:
+            front.append((x, y))
+            best_y = y
+    return front[::-1]
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size)
@@ -29,7 +39,7 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def save_panels(panels: list[Panel], path: str | Path, width: int = 560, height: int = 420) -> None:
-    """Panels side by side; each series a polyline with markers, shared legend per panel."""
+    """Panels side by side; each series as markers joined along its Pareto front, legend bottom-left."""
     img = Image.new("RGB", (width * len(panels), height), "white")
     draw = ImageDraw.Draw(img)
     small, big = _font(12), _font(15)
@@ -59,9 +69,10 @@ def save_panels(panels: list[Panel], path: str | Path, width: int = 560, height:
             draw.line([x0, Y(p.hline), x1, Y(p.hline)], fill="#999999", width=1)
         for j, (name, s) in enumerate(p.series.items()):
             c = COLOURS[j % len(COLOURS)]
-            s = sorted(s)
-            draw.line([(X(x), Y(y)) for x, y in s], fill=c, width=2) if len(s) > 1 else None
+            front = pareto_front(s)
+            if len(front) > 1:
+                draw.line([(X(x), Y(y)) for x, y in front], fill=c, width=2)
             for x, y in s:
                 draw.ellipse([X(x) - 3, Y(y) - 3, X(x) + 3, Y(y) + 3], fill=c)
-            draw.text((x0 + 8, y0 + 8 + 15 * j), name, fill=c, font=small)
+            draw.text((x0 + 8, y1 - 8 - 15 * (len(p.series) - j)), name, fill=c, font=small)
     img.save(path)
