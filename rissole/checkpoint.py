@@ -74,14 +74,22 @@ def load_state_dict_checked(module: torch.nn.Module, state: dict[str, torch.Tens
         if own[k].shape != state[k].shape
     ]
     if missing or unexpected or shapes:
-        lines = [f"{source}: weights do not match the model built from the config."]
-        for title, items in (("shape mismatch", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
-            if items:
-                more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
-                lines.append(f"  {title}: {', '.join(items[:8])}{more}")
-        lines.append("  Fix: use the config.yaml saved beside these weights, or a checkpoint of this architecture.")
-        raise CheckpointError("\n".join(lines))
+        raise CheckpointError(mismatch_report(
+            f"{source}: weights do not match the model built from the config.", shapes, missing, unexpected,
+            "use the config.yaml saved beside these weights, or a checkpoint of this architecture.",
+        ))
     module.load_state_dict(state, strict=True)
+
+
+def mismatch_report(header: str, shapes: list[str], missing: list[str], unexpected: list[str], fix: str) -> str:
+    """A multi-line error naming mismatched shapes, missing and unexpected keys (8 of each), then the fix."""
+    lines = [header]
+    for title, items in (("shape mismatch", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
+        if items:
+            more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
+            lines.append(f"  {title}: {', '.join(items[:8])}{more}")
+    lines.append(f"  Fix: {fix}")
+    return "\n".join(lines)
 
 
 def save_checkpoint(

@@ -38,7 +38,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from rissole.checkpoint import load_foreign_state_dict
+from rissole.checkpoint import load_foreign_state_dict, mismatch_report
 from rissole.errors import CheckpointError
 
 PathLike = Union[str, os.PathLike]
@@ -213,13 +213,9 @@ class LPIPS(nn.Module):
             if k in found and found[k].shape != v.shape
         ]
         if missing or shapes or unexpected:
-            lines = [f"{names}: not VGG16 LPIPS v0.1 weights."]
-            for title, items in (("shape mismatch", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
-                if items:
-                    more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
-                    lines.append(f"  {title}: {', '.join(items[:8])}{more}")
-            lines.append(f"  Fix: {_fix_hint(missing, expected)}")
-            raise CheckpointError("\n".join(lines))
+            raise CheckpointError(mismatch_report(
+                f"{names}: not VGG16 LPIPS v0.1 weights.", shapes, missing, unexpected, _fix_hint(missing, expected)
+            ))
         model.load_state_dict({k: found[k].to(v.dtype) for k, v in expected.items()}, strict=True)
         model.requires_grad_(False)
         return model.eval()
