@@ -1,0 +1,178 @@
+"""RISSOLE block diffusion on real latents: batches, loss, training, resume, pairing checks, sampling orders."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from rissole.diffusion.schedule import DDIMSampler, NoiseSchedule
+from rissole.errors import CheckpointError, ConfigError, DataError
+from rissole.heads.block_batches import BlockBatcher
+from rissole.heads.block_loss import BlockDiffusionLoss
+from rissole.heads.block_sampling import gather_neighbours, sample_blocks
+from rissole.heads.block_train import BlockDiffusionTrainer, build_model, parameter_counts, train_block_diffusion
+from rissole.retrieval import build_database, open_database
+from rissole.retrieval.keys import KeySet
+from rissole.retrieval.neighbours import make_tables, open_table
+
+N_IMAGES = 512
+
+
+@pytest.fixture(scope="module")
+def dbs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real latents of 512 training images through the shipped VQ-GAN, as g=2 and g=4 databases with k=5 tables."""
+    from rissole.autoencoder import load_vqgan
+    from rissole.checkpoint import load_checkpoint
+    from rissole.data import load_source
+    from rissole.latents import encode_images
+    from rissole.paths import SHIPPED_VQGAN
+
+    d = tmp_path_factory.mktemp("blockdiff")
+    data = load_source("fmnist:train", limit=N_IMAGES)
+    h = load_checkpoint(SHIPPED_VQGAN).weights_hash()
+    encode_images(load_vqgan(SHIPPED_VQGAN), data.images, d / "lat.npy", str(SHIPPED_VQGAN), h, "fmnist:train", progress=False)
+    out = {}
+    for g in (2, 4):
+        db = build_database(d / "lat.npy", d / f"db{g}", grid=g, progress=False)
+        make_tables(db, KeySet(db, "block0"), "exact", {}, k=5, progress=False)
+        out[f"g{g}"] = db.path
+    return out
+
+
+def tiny_config(db: Path, **model: Any) -> dict[str, Any]:
+    m = {"latent_channels": 10, "latent_size": 8, "grid": 2, "k": 4, "model_channels": 32, "channel_mult": [1, 2],
+         "num_res_blocks": 1, "attention": True, "num_heads": 2, **model}
+    return {
+        "model": m,
+        "data": {"db": str(db), "table": "train"},
+        "train": {"steps": 60, "batch_size": 16, "lr": 1e-3, "warmup_steps": 5, "ema_decay": 0.9, "ckpt_every": 1000,
+                  "seed": 5},
+    }
+
+
+def test_batches_hold_the_rows_and_their_neighbours_same_position_blocks(dbs: dict[str, Path]) -> None:
+    db = open_database(dbs["g2"])
+    table = open_table(db, "train")
+    bt = BlockBatcher(db, table, k=4, scale=2.0)
+    ids = np.array([3, 100, 7])
+    batch = bt.batch(ids)
+    assert batch.x0.shape == (12, 10, 4, 4) and batch.neighbours.shape == (12, 4, 10, 4, 4)
+    own = db.blocks(ids)  # (3, 4, c, s, s)
+    nbr = db.blocks(np.asarray(table.ids[ids, :4]))  # (3, k, b, c, s, s)
+    for j, row in enumerate(ids):
+        for i in range(4):
+            np.testing.assert_allclose(batch.x0[j * 4 + i].numpy(), 2.0 * own[j, i])
+            for n in range(4):
+                np.testing.assert_allclose(batch.neighbours[j * 4 + i, n].numpy(), 2.0 * nbr[j, n, i])
+            expect_prev = np.zeros_like(own[j, 0]) if i == 0 else 2.0 * own[j, i - 1]
+            np.testing.assert_allclose(batch.previous[j * 4 + i].numpy(), expect_prev)
+    assert batch.positions.tolist() == [0, 1, 2, 3] * 3
+    assert not (np.asarray(table.ids[ids]) == ids[:, None]).any()  # training neighbours exclude the row itself
+    with pytest.raises(DataError, match="k = 9"):
+        BlockBatcher(db, table, k=9, scale=1.0)
+
+
+def test_cond_dropout_zeroes_exactly_the_chosen_images() -> None:
+    loss = BlockDiffusionLoss(NoiseSchedule(), cond_dropout=0.5)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    drop = loss.dropped(1000, g1)
+    assert 0.4 < drop.float().mean() < 0.6
+    torch.testing.assert_close(loss.dropped(1000, g2), drop)
+
+    seen: dict[str, torch.Tensor] = {}
+
+    class Spy(torch.nn.Module):
+        config = build_model(tiny_config(Path("."))["model"]).config
+
+        def forward(self, x, t, neighbours, position, previous):  # noqa: ANN001
+            seen["neighbours"], seen["t"] = neighbours, t
+            return torch.zeros_like(x)
+
+    from rissole.heads.block_batches import BlockBatch
+
+    b = BlockBatch(torch.randn(8, 10, 4, 4), torch.ones(8, 4, 10, 4, 4), torch.arange(4).repeat(2), torch.zeros(8, 10, 4, 4), 2)
+    gen = torch.Generator().manual_seed(3)
+    loss(Spy(), b, gen)
+    state = torch.Generator().manual_seed(3)
+    torch.randint(0, 1000, (8,), generator=state)
+    torch.randn((8, 10, 4, 4), generator=state)
+    chosen = loss.dropped(2, state).repeat_interleave(4)
+    zeroed = (seen["neighbours"].flatten(1) == 0).all(1)
+    torch.testing.assert_close(zeroed, chosen)
+    assert len(set(seen["t"].tolist())) > 1, "every block draws its own timestep"
+
+
+def test_loss_goes_down_and_layernorm_is_trained(dbs: dict[str, Path], tmp_path: Path) -> None:
+    cfg = tiny_config(dbs["g2"])
+    trainer = BlockDiffusionTrainer(cfg, tmp_path)
+    ln0 = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("input_norm.")}
+    assert set(ln0) == {"input_norm.weight", "input_norm.bias"}
+    losses = [trainer.train_step()["loss"] for _ in range(60)]
+    assert np.mean(losses[-15:]) < 0.7 * np.mean(losses[:15]), (np.mean(losses[:15]), np.mean(losses[-15:]))
+    for k, v in ln0.items():
+        assert not torch.equal(trainer.model.state_dict()[k], v), f"{k} did not change with training"
+
+
+def test_resume_matches_uninterrupted_run(dbs: dict[str, Path], tmp_path: Path) -> None:
+    cfg = tiny_config(dbs["g2"])
+    cfg["train"]["steps"] = 12
+    full = train_block_diffusion(copy.deepcopy(cfg), tmp_path / "a", progress=False)
+    train_block_diffusion(copy.deepcopy(cfg), tmp_path / "b", stop_after=5, progress=False)
+    resumed = train_block_diffusion(copy.deepcopy(cfg), tmp_path / "b", resume=True, progress=False)
+    for k, v in full.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0)
+    assert (tmp_path / "a/log.csv").read_text() .count("\n") == (tmp_path / "b/log.csv").read_text().count("\n") == 13
+    with pytest.raises(CheckpointError, match="--resume"):
+        train_block_diffusion(copy.deepcopy(cfg), tmp_path / "a", progress=False)
+
+
+def test_mismatched_database_and_budget_refused(dbs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="grid 4"):
+        BlockDiffusionTrainer(tiny_config(dbs["g4"]), tmp_path)
+    with pytest.raises(DataError, match="block0 keys, the config expects latent"):
+        BlockDiffusionTrainer(tiny_config(dbs["g2"], key="latent"), tmp_path)
+    other_vq = tiny_config(dbs["g2"])
+    other_vq["vqgan_hash"] = "f" * 64
+    with pytest.raises(DataError, match="VQ-GAN"):
+        BlockDiffusionTrainer(other_vq, tmp_path)
+    big = tiny_config(dbs["g2"])
+    big["train"]["max_params"] = 1000
+    with pytest.raises(ConfigError, match="max_params") as err:
+        BlockDiffusionTrainer(big, tmp_path)
+    assert "embed_neighbours" in str(err.value)  # per-component counts in the message
+
+
+def test_parameter_count_ignores_unused_modules() -> None:
+    cfg = tiny_config(Path("."))["model"]
+    with_rag, without = build_model(cfg), build_model({**cfg, "retrieval": False})
+    c_with, c_without = parameter_counts(with_rag), parameter_counts(without)
+    assert c_with["total"] - c_without["total"] == c_with["embed_neighbours"]
+    with_rag.unused = torch.nn.Linear(1000, 1000)  # a dead module: built, never called
+    assert parameter_counts(with_rag)["total"] == c_with["total"]
+
+
+def test_parallel_sampling_equals_block_by_block_and_guidance(dbs: dict[str, Path]) -> None:
+    db = open_database(dbs["g2"])
+    torch.manual_seed(0)
+    model = build_model(tiny_config(dbs["g2"])["model"]).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    nb = torch.from_numpy(gather_neighbours(db, open_table(db, "database").ids[:3], 4))
+    sampler = DDIMSampler(NoiseSchedule(), 8, eta=0.0)
+    par = sample_blocks(model, sampler, nb, 3, torch.Generator().manual_seed(1))
+    seq = sample_blocks(model, sampler, nb, 3, torch.Generator().manual_seed(1), order="block_by_block")
+    assert par.shape == (3, 10, 8, 8)
+    torch.testing.assert_close(par, seq, rtol=0, atol=1e-3)
+    g1 = sample_blocks(model, sampler, nb, 3, torch.Generator().manual_seed(1), guidance=1.0)
+    torch.testing.assert_close(g1, par)
+    g2 = sample_blocks(model, sampler, nb, 3, torch.Generator().manual_seed(1), guidance=3.0)
+    assert (g2 - par).abs().max() > 1e-3
+    rag = build_model({**tiny_config(dbs["g2"])["model"], "retrieval": False}).eval()
+    assert sample_blocks(rag, sampler, None, 2, torch.Generator().manual_seed(1)).shape == (2, 10, 8, 8)
+    with pytest.raises(ValueError, match="neighbours"):
+        sample_blocks(model, sampler, None, 2, torch.Generator().manual_seed(1))
