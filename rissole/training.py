@@ -1,4 +1,5 @@
-"""Pieces every training loop shares: learning-rate schedule, step-indexed data order, CSV logs."""
+"""Pieces every training loop shares: settings with defaults, learning-rate schedule, step-indexed
+data order, RNG state for bit-exact resume, the run directory, CSV logs."""
 
 from __future__ import annotations
 
@@ -9,8 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from rissole.errors import ConfigError
+from rissole.errors import CheckpointError, ConfigError
+
+
+def with_defaults(section: dict[str, Any] | None, defaults: dict[str, Any], name: str) -> dict[str, Any]:
+    """`defaults` updated by `section`; an unknown key is refused (a typo must not be silently ignored)."""
+    section = section or {}
+    unknown = set(section) - set(defaults)
+    if unknown:
+        raise ConfigError(f"unknown {name} keys {sorted(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **section}
 
 
 def learning_rate(base_lr: float, step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -22,6 +33,31 @@ def learning_rate(base_lr: float, step: int, total_steps: int, warmup_steps: int
         return base_lr * warm
     progress = min(1.0, step / max(1, total_steps))
     return base_lr * warm * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_learning_rate(optimizers: list[torch.optim.Optimizer | None], lr: float) -> None:
+    for opt in optimizers:
+        if opt is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+
+def rng_tensors(generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The global torch RNG (dropout) and the run's own generator, as checkpoint tensors."""
+    return {"rng.torch": torch.get_rng_state(), "rng.gen": generator.get_state()}
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], generator: torch.Generator) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    generator.set_state(tensors["rng.gen"])
+
+
+def check_fresh_run(run_dir: Path) -> None:
+    """A new run must not overwrite the checkpoint of another one."""
+    if (run_dir / "checkpoint").exists():
+        raise CheckpointError(
+            f"{run_dir}/checkpoint exists: pass --resume to continue that run, or choose another --out."
+        )
 
 
 def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:

@@ -27,8 +27,18 @@ from rissole.config import require
 from rissole.data import load_source, to_model_range
 from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
 from rissole.ema import EMA
-from rissole.errors import CheckpointError, ConfigError
-from rissole.training import append_csv, batch_indices, learning_rate, truncate_csv
+from rissole.errors import CheckpointError
+from rissole.training import (
+    append_csv,
+    batch_indices,
+    check_fresh_run,
+    learning_rate,
+    restore_rng,
+    rng_tensors,
+    set_learning_rate,
+    truncate_csv,
+    with_defaults,
+)
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "steps": 4000,
@@ -62,10 +72,7 @@ class VQGANTrainer:
     def __init__(self, config: dict[str, Any], run_dir: str | os.PathLike) -> None:
         require(config, "config", ["model", "data"])
         self.config = config
-        self.train_cfg = {**TRAIN_DEFAULTS, **config.get("train", {})}
-        unknown = set(config.get("train", {})) - set(TRAIN_DEFAULTS)
-        if unknown:
-            raise ConfigError(f"unknown train keys {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}")
+        self.train_cfg = with_defaults(config.get("train"), TRAIN_DEFAULTS, "train")
         self.config["train"] = self.train_cfg
         self.run_dir = Path(run_dir)
         tc = self.train_cfg
@@ -110,8 +117,7 @@ class VQGANTrainer:
             meta = {"opt": meta, "opt_d": m2}
         else:
             meta = {"opt": meta}
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.gen"] = self.gen.get_state()
+        tensors.update(rng_tensors(self.gen))
         tensors["code_usage"] = self.code_usage
         meta["scaler"] = self.scaler.state_dict()
         save_checkpoint(self.run_dir / "checkpoint", "vqgan", self.step, self._cfg_for_save(), self._weights(), tensors, meta)
@@ -141,8 +147,7 @@ class VQGANTrainer:
         restore_optimizer(self.opt, "opt", t, m["opt"])
         if self.opt_d:
             restore_optimizer(self.opt_d, "opt_d", t, m["opt_d"])
-        torch.set_rng_state(t["rng.torch"])
-        self.gen.set_state(t["rng.gen"])
+        restore_rng(t, self.gen)
         self.code_usage.copy_(t["code_usage"])
         self.scaler.load_state_dict(m["scaler"])
         self.step = ckpt.step
@@ -164,10 +169,7 @@ class VQGANTrainer:
         tc = self.train_cfg
         self.model.train()
         lr = learning_rate(tc["lr"], self.step, tc["steps"], tc["warmup_steps"], tc["lr_schedule"])
-        for opt in (self.opt, self.opt_d):
-            if opt is not None:
-                for group in opt.param_groups:
-                    group["lr"] = lr
+        set_learning_rate([self.opt, self.opt_d], lr)
         disc_on = self.use_disc and self.step >= tc["disc_start"]
         with autocast(self.device, self.amp):
             h = self.model.encode(x)
@@ -247,10 +249,8 @@ def train_vqgan(
         trainer.resume()
         for name in ("log.csv", "val.csv"):
             truncate_csv(run_dir / name, trainer.step)
-    elif (run_dir / "checkpoint").exists():
-        raise CheckpointError(
-            f"{run_dir}/checkpoint exists: pass --resume to continue that run, or choose another --out."
-        )
+    else:
+        check_fresh_run(run_dir)
     size, channels = trainer.model_config.ddconfig["resolution"], trainer.model_config.ddconfig["in_channels"]
     data_dir = data_dir or dc.get("data_dir")
     train_set = load_source(dc["source"], data_dir=data_dir, size=size, channels=channels, limit=dc.get("limit"))

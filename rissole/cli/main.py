@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "rissole.cli.eval_cmd",
     "rissole.cli.db_cmd",
     "rissole.cli.rissole_cmd",
+    "rissole.cli.checkpoint_cmd",
     "rissole.cli.demo_cmd",
 )
 

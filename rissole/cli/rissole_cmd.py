@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override config entries, e.g. model.retrieval=false train.steps=200")
     t.add_argument("--stop-after", type=int, default=None, help="end this invocation after N steps (checkpointed)")
     t.set_defaults(func=_train)
+    register_sample(sub)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -25,4 +26,78 @@ def _train(args: argparse.Namespace) -> int:
     trainer = train_block_diffusion(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
     where = Path(args.out) / ("final" if trainer.step == trainer.tc["steps"] else "checkpoint")
     print(f"step {trainer.step}/{trainer.tc['steps']}: wrote {where}")
+    return 0
+
+
+def register_sample(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("sample", help="generate images with a trained RISSOLE model, as a PNG grid")
+    s.add_argument("--ckpt", default=None, help="RISSOLE checkpoint directory (default: the shipped one)")
+    s.add_argument("-n", type=int, default=64, help="number of images")
+    s.add_argument("--steps", type=int, default=50, help="DDIM steps (ignored with --sampler ddpm, which takes all T)")
+    s.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="DDIM (respaced) or DDPM ancestral")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 with all steps = DDPM")
+    s.add_argument("--top-m", type=float, default=1.0, help="keep the top fraction m of p_D for pseudo-queries (RDM Eq. 7)")
+    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale against zero neighbours")
+    s.add_argument("--seed", type=int, default=0, help="seed of the pseudo-queries and of the noise")
+    s.add_argument("--query", nargs="*", default=None, metavar="IMAGE",
+                   help="condition on your own images (PNG/JPEG) instead of pseudo-queries: n samples per query cycle over them")
+    s.add_argument("--order", choices=("parallel", "block_by_block"), default="parallel",
+                   help="all blocks in one call per step (default) or one block position at a time")
+    s.add_argument("--db", default=None, help="block database (default: the one recorded in the checkpoint)")
+    s.add_argument("--vqgan", default=None, help="VQ-GAN checkpoint (default: the one recorded in the checkpoint)")
+    s.add_argument("--out", default="samples.png", help="output PNG grid")
+    s.add_argument("--npy", default=None, help="also save the samples as a uint8 .npy (N, C, H, W), e.g. for `rissole eval fid`")
+    s.add_argument("--show-retrieval", default=None, metavar="PNG",
+                   help="also write the paper's Figure 2 layout: pseudo-query | its k neighbours | the sample, one row each")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.set_defaults(func=_sample)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from rissole.diffusion.schedule import DDIMSampler, DDPMSampler
+    from rissole.fileio import atomic_path
+    from rissole.heads.block_pipeline import RissolePipeline
+    from rissole.images import save_grid
+    from rissole.paths import SHIPPED_RISSOLE, ensure_shipped_database
+
+    if args.ckpt is None:
+        args.ckpt = str(SHIPPED_RISSOLE)
+        if args.db is None:
+            ensure_shipped_database()
+    pipe = RissolePipeline.load(args.ckpt, db=args.db, vqgan=args.vqgan, device=args.device)
+    sched = pipe.schedule
+    sampler = DDPMSampler(sched) if args.sampler == "ddpm" else DDIMSampler(sched, args.steps, args.eta)
+    rows = None
+    if args.query:
+        from rissole.data import ImageFolder
+
+        images = ImageFolder.from_files(args.query, size=pipe.vqgan.config.ddconfig["resolution"],
+                                        channels=pipe.vqgan.config.ddconfig["in_channels"]).images
+        ids = pipe.query_neighbours(images)[np.arange(args.n) % len(images)]
+    else:
+        rows = pipe.pseudo_queries(args.n, args.top_m, args.seed)
+        ids = pipe.table_neighbours(rows)
+    bar = tqdm(total=len(sampler), desc=f"sample {args.sampler}", unit="step")
+    t0 = time.perf_counter()
+    out, _ = pipe.generate(ids, sampler, n=args.n, seed=args.seed, guidance=args.guidance, order=args.order,
+                           progress=lambda i: bar.update(1))
+    bar.close()
+    dt = time.perf_counter() - t0
+    save_grid(out, args.out, nrow=int(np.ceil(np.sqrt(args.n))))
+    if args.npy:
+        with atomic_path(args.npy) as tmp, open(tmp, "wb") as f:
+            np.save(f, out)
+    if args.show_retrieval:
+        rows_shown = min(args.n, 8)
+        nbrs = pipe.rows_as_images(ids[:rows_shown])  # (r, k, C, H, W)
+        query = pipe.rows_as_images(rows[:rows_shown]) if rows is not None else images[np.arange(rows_shown) % len(images)]
+        blank = np.full_like(query, 255)
+        grid = np.concatenate([query[:, None], blank[:, None], nbrs, blank[:, None], out[:rows_shown, None]], axis=1)
+        save_grid(grid.reshape(-1, *grid.shape[2:]), args.show_retrieval, nrow=grid.shape[1])
+    print(f"wrote {args.out}: {args.n} samples, {args.sampler} {len(sampler)} steps, {dt:.1f} s ({dt / args.n * 1e3:.0f} ms/image)")
     return 0

@@ -66,6 +66,21 @@ class ImageFolder:
             index = {c: i for i, c in enumerate(self.classes)}
             self.labels = np.array([index[pp[0]] for pp in parts], dtype=np.int64)
 
+    @classmethod
+    def from_files(cls, files: list[str | os.PathLike], size: int = 32, channels: int = 3) -> "ImageFolder":
+        """A set of named image files (e.g. a user's query images), read like a folder's."""
+        missing = [str(f) for f in files if not Path(f).is_file()]
+        if missing or not files:
+            raise DataError(f"image files not found: {', '.join(missing) or '(none given)'}. Pass existing PNG/JPEG files.")
+        self = cls.__new__(cls)
+        self.root, self.files, self.size, self.channels = Path("."), [Path(f) for f in files], size, channels
+        self.classes, self.labels = [], None
+        return self
+
+    @property
+    def images(self) -> np.ndarray:
+        return self.to_array()
+
     def __len__(self) -> int:
         return len(self.files)
 
