@@ -200,3 +200,22 @@ def test_sample_cli_writes_grids_and_is_reproducible(dbs: dict[str, Path], tmp_p
     Image.fromarray(np.load(tmp_path / "a.npy")[0, 0]).save(query)
     assert main([*common, "--out", str(tmp_path / "c.png"), "--query", str(query)]) == 0
     assert main([*common, "--out", str(tmp_path / "d.png"), "--db", str(dbs["g4"])]) == 2  # grid mismatch: clear error
+
+
+def test_v_prediction_is_turned_into_the_true_eps() -> None:
+    from rissole.heads.block_sampling import _eps_fn
+
+    sched = NoiseSchedule()
+    x0, eps = torch.randn(6, 10, 4, 4), torch.randn(6, 10, 4, 4)
+    for t in (0, 500, 999):
+        a, s = (float(v) for v in sched.noise_coefficients(t))
+        xt = a * x0 + s * eps
+
+        class Oracle(torch.nn.Module):
+            config = build_model({**tiny_config(Path("."))["model"], "prediction": "v"}).config
+
+            def forward(self, x, tt, *rest):  # noqa: ANN001
+                return a * eps - s * x0  # the exact v the loss trains towards
+
+        out = _eps_fn(Oracle(), sched, None, None, None)(xt, torch.full((6,), t), False)
+        torch.testing.assert_close(out, eps, rtol=1e-4, atol=1e-4)

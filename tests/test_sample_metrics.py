@@ -48,3 +48,18 @@ def test_copy_rate_separates_copies_from_new_images(train_500: np.ndarray, fmnis
     assert copy_rate(copies, dup, progress=False)["nearest_train_pair"] == held_out["nearest_train_pair"]
     noise = rng.integers(0, 256, (50, 1, 32, 32), dtype=np.uint8)
     assert copy_rate(noise, train_500, progress=False)["copy_rate"] == 0.0
+
+
+def test_eval_cli_seams_and_copies(tmp_path, fmnist_test_300: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rissole.cli.main import main
+
+    monkeypatch.setenv("RISSOLE_CACHE", str(tmp_path / "cache"))
+    np.save(tmp_path / "s.npy", fmnist_test_300[:50])
+    assert main(["eval", "seams", str(tmp_path / "s.npy"), "--grid", "2", "-n", "50", "--json", str(tmp_path / "s.json")]) == 0
+    assert main(["eval", "copies", str(tmp_path / "s.npy"), "--train", "fmnist:test", "-n", "50",
+                 "--json", str(tmp_path / "c.json")]) == 0
+    import json
+
+    assert json.loads((tmp_path / "c.json").read_text())["copy_rate"] == 1.0  # these samples ARE training images
+    assert json.loads((tmp_path / "s.json").read_text())["score"] == pytest.approx(1.0, abs=0.15)
+    assert list((tmp_path / "cache" / "copies").glob("*.json"))  # the bar is cached

@@ -44,6 +44,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     f.set_defaults(func=_fid)
 
+    s = esub.add_parser("seams", help="seam score: intensity steps across block boundaries vs inside blocks, "
+                                      "relative to real images (1.0 = seams as invisible as in real data)")
+    s.add_argument("samples", metavar="SAMPLES", help="generated images (directory, uint8 .npy or data spec)")
+    s.add_argument("--grid", type=int, required=True, help="g of the model that made them (blocks of 32/g pixels)")
+    s.add_argument("--ref", default="fmnist:test", help="real images to compare with (default fmnist:test)")
+    s.add_argument("-n", type=int, default=2000, help="images of each set")
+    s.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
+    s.set_defaults(func=_seams)
+
+    c = esub.add_parser("copies", help="copy rate: samples closer to a training image than the nearest distinct "
+                                       "pair of training images (L2 in pixels)")
+    c.add_argument("samples", metavar="SAMPLES", help="generated images (directory, uint8 .npy or data spec)")
+    c.add_argument("--train", default="fmnist:train", help="the training images (default fmnist:train)")
+    c.add_argument("-n", type=int, default=2000, help="samples to check")
+    c.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
+    c.set_defaults(func=_copies)
+
 
 def load_samples(samples: str, n: int, size: int | None = None, data_dir: str | None = None) -> np.ndarray:
     """The first n images (uint8 (n, C, H, W)) of a directory, a .npy file or a data spec."""
@@ -102,4 +119,38 @@ def _fid(args: argparse.Namespace) -> int:
     if args.json:
         write_json_atomic(args.json, res)
         print(f"wrote {args.json}")
+    return 0
+
+
+def _grey_samples(samples: str, n: int) -> np.ndarray:
+    images = load_samples(samples, n)
+    return images if images.shape[1] == 1 else images.mean(1, keepdims=True).round().astype(np.uint8)
+
+
+def _seams(args: argparse.Namespace) -> int:
+    from rissole.data import load_source
+    from rissole.fileio import write_json_atomic
+    from rissole.metrics.seams import seam_score
+
+    res = seam_score(_grey_samples(args.samples, args.n), load_source(args.ref, limit=args.n).images, args.grid)
+    res = {"samples": args.samples, "ref": args.ref, "n": args.n, "grid": args.grid, **res}
+    print(f"seam score {res['score']:.3f} (boundary/inside step ratio: samples {res['samples_ratio']:.3f}, "
+          f"{args.ref} {res['real_ratio']:.3f}; N = {args.n})")
+    if args.json:
+        write_json_atomic(args.json, res)
+    return 0
+
+
+def _copies(args: argparse.Namespace) -> int:
+    from rissole.data import load_source
+    from rissole.fileio import write_json_atomic
+    from rissole.metrics.copies import cached_nearest_distinct_pair, copy_rate
+
+    train = load_source(args.train)
+    bar = cached_nearest_distinct_pair(train.images, train.content_hash())
+    res = {"samples": args.samples, "train": args.train, **copy_rate(_grey_samples(args.samples, args.n), train.images, bar)}
+    print(f"copy rate {res['copy_rate']:.4f} of {res['n']} samples (nearest distinct training pair "
+          f"{res['nearest_train_pair']:.3f}, median sample-to-train distance {res['median_sample_to_train']:.3f})")
+    if args.json:
+        write_json_atomic(args.json, res)
     return 0

@@ -1,4 +1,4 @@
-"""The block denoiser's training loss: eps-prediction, one independent timestep per block sample.
+"""The block denoiser's training loss: eps- (or v-) prediction, one independent timestep per block sample.
 
 Each block of each image draws its own t (the authors' code draws one t per batch: needless
 variance). The squared error is averaged over a block's elements, summed over the b blocks of
@@ -41,5 +41,6 @@ class BlockDiffusionLoss:
         neighbours = batch.neighbours.masked_fill(drop.view(-1, 1, 1, 1, 1), 0.0) if cfg.retrieval else None
         pred = model(xt, t.to(dev), neighbours, batch.positions.to(dev) if cfg.position else None,
                      batch.previous if cfg.previous_block else None)
-        per_block = ((pred - eps) ** 2).mean(dim=(1, 2, 3))
+        target = eps if cfg.prediction == "eps" else a * eps - s * batch.x0
+        per_block = ((pred - target) ** 2).mean(dim=(1, 2, 3))
         return per_block.view(batch.images, b).sum(1).mean()

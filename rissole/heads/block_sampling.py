@@ -20,7 +20,7 @@ import torch
 from einops import rearrange
 
 from rissole.diffusion.loop import denoise
-from rissole.diffusion.schedule import DDIMSampler, DDPMSampler
+from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
 from rissole.models.block_unet import BlockDenoiser
 from rissole.retrieval.blocks import merge_blocks
 from rissole.retrieval.database import BlockDatabase
@@ -35,19 +35,30 @@ def gather_neighbours(db: BlockDatabase, neighbour_ids: np.ndarray, k: int) -> n
     return np.ascontiguousarray(rearrange(blocks, "n k b c h w -> n b k c h w"))
 
 
-def _eps_fn(model: BlockDenoiser, neighbours: torch.Tensor | None, position: torch.Tensor | None,
-            previous: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor, bool], object]:
-    """eps(x, t, guided) for a fixed conditioning; guided doubles the batch with zero neighbours."""
+def _eps_fn(model: BlockDenoiser, schedule: NoiseSchedule, neighbours: torch.Tensor | None,
+            position: torch.Tensor | None, previous: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor, bool], object]:
+    """eps(x, t, guided) for a fixed conditioning; guided doubles the batch with zero neighbours.
+
+    A v-predicting model's output is turned into eps here (eps = sqrt(1 - ab) x + sqrt(ab) v), so
+    the samplers only ever see eps."""
+    ab = schedule.alphas_cumprod
 
     def twice(v: torch.Tensor | None) -> torch.Tensor | None:
         return None if v is None else torch.cat([v, v])
+
+    def as_eps(out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if model.config.prediction == "eps":
+            return out
+        a = float(np.sqrt(ab[int(t[0])]))
+        return float(np.sqrt(1.0 - a * a)) * x + a * out
 
     zero_neighbours = None if neighbours is None else torch.cat([neighbours, torch.zeros_like(neighbours)])
 
     def eps(x: torch.Tensor, t: torch.Tensor, guided: bool):
         if not guided:
-            return model(x, t, neighbours, position, previous)
-        return model(twice(x), twice(t), zero_neighbours, twice(position), twice(previous)).chunk(2)
+            return as_eps(model(x, t, neighbours, position, previous), x, t)
+        out = model(twice(x), twice(t), zero_neighbours, twice(position), twice(previous))
+        return tuple(as_eps(o, x, t) for o in out.chunk(2))
 
     return eps
 
@@ -84,7 +95,7 @@ def sample_blocks(
 
     if order == "parallel" and not cfg.previous_block:
         cond = None if nb is None else nb.flatten(0, 1)
-        x = denoise(_eps_fn(model, cond, positions, None), sampler, x_T.flatten(0, 1), noise_fn, t_fn, guidance, progress)
+        x = denoise(_eps_fn(model, sampler.schedule, cond, positions, None), sampler, x_T.flatten(0, 1), noise_fn, t_fn, guidance, progress)
         return merge_blocks(x.reshape(n, b, c, s, s), cfg.grid)
 
     out = torch.zeros_like(x_T)
@@ -92,5 +103,5 @@ def sample_blocks(
         cond = None if nb is None else nb[:, i]
         pos = torch.full((n,), i, dtype=torch.long, device=dev) if cfg.position else None
         prev = (out[:, i - 1] if i > 0 else torch.zeros_like(out[:, 0])) if cfg.previous_block else None
-        out[:, i] = denoise(_eps_fn(model, cond, pos, prev), sampler, x_T[:, i], noise_fn, t_fn, guidance, progress)
+        out[:, i] = denoise(_eps_fn(model, sampler.schedule, cond, pos, prev), sampler, x_T[:, i], noise_fn, t_fn, guidance, progress)
     return merge_blocks(out, cfg.grid)

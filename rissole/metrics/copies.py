@@ -67,3 +67,20 @@ def copy_rate(samples: np.ndarray, train: np.ndarray, bar: float | None = None, 
         "n": int(len(s)),
         "train_images": int(len(t)),
     }
+
+
+def cached_nearest_distinct_pair(train: np.ndarray, key: str, progress: bool = True) -> float:
+    """nearest_distinct_pair, cached as JSON under the metrics cache keyed by the images' hash
+    (60k images cost minutes; the bar of a data set never changes)."""
+    import json
+
+    from rissole.fileio import write_json_atomic
+    from rissole.metrics.reference import cache_dir
+
+    path = cache_dir().parent / "copies" / f"{key}.json"
+    try:
+        return float(json.loads(path.read_text())["nearest_train_pair"])
+    except (OSError, ValueError, KeyError):
+        bar = nearest_distinct_pair(train, progress=progress)
+        write_json_atomic(path, {"nearest_train_pair": bar, "images": int(len(train))})
+        return bar

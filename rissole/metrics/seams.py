@@ -37,6 +37,6 @@ def seam_ratio(images: np.ndarray, grid: int) -> float:
 
 
 def seam_score(samples: np.ndarray, real: np.ndarray, grid: int) -> dict[str, float]:
-    """{"samples": r_samples, "real": r_real, "score": r_samples / r_real}."""
+    """{"samples_ratio": r_samples, "real_ratio": r_real, "score": r_samples / r_real}."""
     rs, rr = seam_ratio(samples, grid), seam_ratio(real, grid)
-    return {"samples": rs, "real": rr, "score": rs / rr}
+    return {"samples_ratio": rs, "real_ratio": rr, "score": rs / rr}

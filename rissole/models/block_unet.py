@@ -40,6 +40,11 @@ class BlockDenoiserConfig:
     position: bool = False  # on: RISSOLE+Pos
     previous_block: bool = False  # on: RISSOLE+P (sequential sampling)
     key: str = "block0"  # retrieval key: block 0 (the paper) or the whole latent ("latent"), see rissole.retrieval.keys
+    # what the network outputs: "eps" (the noise, as LDM/RISSOLE) or "v" (sqrt(ab) eps - sqrt(1 - ab) x0).
+    # The input LayerNorm hides each block's overall scale, which puts a floor of about 1/d under the
+    # eps error; eps-prediction multiplies it by 1/ab_t at high t (x0 error > 100 at t = 999 here),
+    # v-prediction does not. See README "RISSOLE".
+    prediction: str = "eps"
 
     def __post_init__(self) -> None:
         if self.latent_size % self.grid:
@@ -47,6 +52,8 @@ class BlockDenoiserConfig:
                 f"latent size {self.latent_size} is not divisible by grid {self.grid}; "
                 "use a grid that divides it (an 8x8 latent takes g in {1, 2, 4}) or a first stage with a 12x12 latent for g=3."
             )
+        if self.prediction not in ("eps", "v"):
+            raise ConfigError(f"prediction must be 'eps' or 'v', found {self.prediction!r}")
         if self.key not in ("block0", "latent"):
             raise ConfigError(f"key must be 'block0' or 'latent', found {self.key!r}")
         if self.block_size % 2 ** (len(self.channel_mult) - 1):

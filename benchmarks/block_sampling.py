@@ -1,0 +1,89 @@
+"""Sampling speed of the RISSOLE block denoiser: all blocks in one call vs block after block, DDIM vs DDPM.
+
+Same network, same neighbours, same noise, measured side by side in one process:
+  - one image at a time (the device case) and 64 images at a time,
+  - order "parallel" (b blocks folded into the batch, one call per step) vs "block_by_block"
+    (one call per block position per step, what the authors' public code does),
+  - DDIM-50 vs DDPM-1000 (network calls per image and seconds per image).
+
+    python -m benchmarks.block_sampling            # writes benchmarks/results/block_sampling.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", default=str(ROOT / "checkpoints/rissole-fmnist-g2"), help="RISSOLE checkpoint")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/block_sampling.json"), help="results JSON")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from benchmarks._machine import machine_info
+    from rissole.diffusion.schedule import DDIMSampler, DDPMSampler
+    from rissole.fileio import write_json_atomic
+    from rissole.heads.block_pipeline import RissolePipeline
+    from rissole.heads.block_sampling import gather_neighbours, sample_blocks
+    from rissole.paths import ensure_shipped_database
+
+    ensure_shipped_database()
+    pipe = RissolePipeline.load(args.ckpt)
+    model, b = pipe.model, pipe.model.config.num_blocks
+    scale = np.float32(pipe.config["scale_factor"])
+    rows = pipe.pseudo_queries(64, seed=0)
+    nb_all = torch.from_numpy(gather_neighbours(pipe.db, pipe.table_neighbours(rows), pipe.k) * scale)
+    ddim = DDIMSampler(pipe.schedule, 50)
+    result: dict[str, object] = {"benchmark": "block_sampling", "machine": machine_info(), "checkpoint": args.ckpt,
+                                 "blocks": b, "threads": args.threads}
+    for n in (1, 64):
+        nb = nb_all[:n]
+        run = lambda order, sampler=ddim: sample_blocks(model, sampler, nb, n, torch.Generator().manual_seed(0),  # noqa: E731
+                                                        order=order)
+        par = timed(lambda: run("parallel"), args.repeats)
+        seq = timed(lambda: run("block_by_block"), args.repeats)
+        same = float((run("parallel") - run("block_by_block")).abs().max())
+        result[f"n{n}"] = {
+            "ddim50_parallel_s_per_image": par / n,
+            "ddim50_block_by_block_s_per_image": seq / n,
+            "speedup_parallel": seq / par,
+            "speedup_over_b": seq / par / b,
+            "max_abs_latent_difference": same,
+        }
+        print(n, result[f"n{n}"], flush=True)
+    ddpm_n = 8
+    nb = nb_all[:ddpm_n]
+    ddpm = timed(lambda: sample_blocks(model, DDPMSampler(pipe.schedule), nb, ddpm_n, torch.Generator().manual_seed(0)), 1)
+    ddim_t = timed(lambda: sample_blocks(model, ddim, nb, ddpm_n, torch.Generator().manual_seed(0)), args.repeats)
+    result["ddpm1000_vs_ddim50"] = {"images": ddpm_n, "ddpm1000_s_per_image": ddpm / ddpm_n,
+                                    "ddim50_s_per_image": ddim_t / ddpm_n, "network_calls_ratio": 1000 / 50,
+                                    "time_ratio": ddpm / ddim_t}
+    print(result["ddpm1000_vs_ddim50"])
+    write_json_atomic(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
