@@ -29,7 +29,7 @@ def errors(ckpt: str, rows: np.ndarray) -> dict[str, object]:
 
     pipe = RissolePipeline.load(ckpt)
     m = pipe.model
-    batch = BlockBatcher(pipe.db, open_table(pipe.db, "train"), m.config.k, pipe.config["scale_factor"]).batch(rows)
+    batch = BlockBatcher(pipe.db, open_table(pipe.db, "train"), m.config.grid, m.config.k, pipe.config["scale_factor"]).batch(rows)
     ab = pipe.schedule.alphas_cumprod
     out: dict[str, object] = {"checkpoint": ckpt, "step": load_checkpoint(ckpt).step, "prediction": m.config.prediction,
                               "neighbour_mean_x0_mse": float(((batch.neighbours.mean(1) - batch.x0) ** 2).mean())}

@@ -17,6 +17,7 @@ from rissole.heads.block_loss import BlockDiffusionLoss
 from rissole.heads.block_sampling import gather_neighbours, sample_blocks
 from rissole.heads.block_train import BlockDiffusionTrainer, build_model, parameter_counts, train_block_diffusion
 from rissole.retrieval import build_database, open_database
+from rissole.retrieval.blocks import merge_blocks
 from rissole.retrieval.keys import KeySet
 from rissole.retrieval.neighbours import make_tables, open_table
 
@@ -58,7 +59,7 @@ def tiny_config(db: Path, **model: Any) -> dict[str, Any]:
 def test_batches_hold_the_rows_and_their_neighbours_same_position_blocks(dbs: dict[str, Path]) -> None:
     db = open_database(dbs["g2"])
     table = open_table(db, "train")
-    bt = BlockBatcher(db, table, k=4, scale=2.0)
+    bt = BlockBatcher(db, table, grid=2, k=4, scale=2.0)
     ids = np.array([3, 100, 7])
     batch = bt.batch(ids)
     assert batch.x0.shape == (12, 10, 4, 4) and batch.neighbours.shape == (12, 4, 10, 4, 4)
@@ -74,7 +75,11 @@ def test_batches_hold_the_rows_and_their_neighbours_same_position_blocks(dbs: di
     assert batch.positions.tolist() == [0, 1, 2, 3] * 3
     assert not (np.asarray(table.ids[ids]) == ids[:, None]).any()  # training neighbours exclude the row itself
     with pytest.raises(DataError, match="k = 9"):
-        BlockBatcher(db, table, k=9, scale=1.0)
+        BlockBatcher(db, table, grid=2, k=9, scale=1.0)
+    # without retrieval (the LDM baseline) rows are re-cut at the model's grid and no neighbours are read
+    ldm = BlockBatcher(db, None, grid=1, k=4, scale=2.0).batch(ids)
+    assert ldm.neighbours is None and ldm.x0.shape == (3, 10, 8, 8)
+    np.testing.assert_allclose(ldm.x0.numpy(), 2.0 * merge_blocks(own, 2))
 
 
 def test_cond_dropout_zeroes_exactly_the_chosen_images() -> None:

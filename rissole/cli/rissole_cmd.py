@@ -81,7 +81,7 @@ def _sample(args: argparse.Namespace) -> int:
         ids = pipe.query_neighbours(images)[np.arange(args.n) % len(images)]
     else:
         rows = pipe.pseudo_queries(args.n, args.top_m, args.seed)
-        ids = pipe.table_neighbours(rows)
+        ids = pipe.table_neighbours(rows) if pipe.model.config.retrieval else None
     bar = tqdm(total=len(sampler), desc=f"sample {args.sampler}", unit="step")
     t0 = time.perf_counter()
     out, _ = pipe.generate(ids, sampler, n=args.n, seed=args.seed, guidance=args.guidance, order=args.order,
@@ -92,7 +92,7 @@ def _sample(args: argparse.Namespace) -> int:
     if args.npy:
         with atomic_path(args.npy) as tmp, open(tmp, "wb") as f:
             np.save(f, out)
-    if args.show_retrieval:
+    if args.show_retrieval and ids is not None:
         rows_shown = min(args.n, 8)
         nbrs = pipe.rows_as_images(ids[:rows_shown])  # (r, k, C, H, W)
         query = pipe.rows_as_images(rows[:rows_shown]) if rows is not None else images[np.arange(rows_shown) % len(images)]

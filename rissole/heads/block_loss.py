@@ -38,7 +38,7 @@ class BlockDiffusionLoss:
         s = self.sqrt_1m_ab[t].to(dev).view(-1, 1, 1, 1)
         xt = a * batch.x0 + s * eps
         cfg = model.config
-        neighbours = batch.neighbours.masked_fill(drop.view(-1, 1, 1, 1, 1), 0.0) if cfg.retrieval else None
+        neighbours = batch.neighbours.masked_fill(drop.view(-1, 1, 1, 1, 1), 0.0) if batch.neighbours is not None else None
         pred = model(xt, t.to(dev), neighbours, batch.positions.to(dev) if cfg.position else None,
                      batch.previous if cfg.previous_block else None)
         target = eps if cfg.prediction == "eps" else a * eps - s * batch.x0

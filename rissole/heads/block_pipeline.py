@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from rissole.checkpoint import load_checkpoint
+from rissole.errors import CheckpointError
 from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
 from rissole.heads.block_batches import check_pairing
 from rissole.heads.block_sampling import gather_neighbours, sample_blocks
@@ -56,12 +57,13 @@ class RissolePipeline:
         model = build_model(c.config["model"])
         c.load_into(model, c.inference_weights_name())
         database = open_database(db or _resolve(c.config["data"]["db"], REPO_ROOT))
-        table = open_table(database, "database")
-        check_pairing(database, table, model.config.grid, model.config.key, c.config["vqgan_hash"], ckpt)
+        table = open_table(database, "database") if model.config.retrieval else None
+        check_pairing(database, table, model.config, c.config["vqgan_hash"], ckpt)
         vq_path = vqgan or _resolve(c.config["data"].get("vqgan") or str(SHIPPED_VQGAN), REPO_ROOT)
         vq_hash = load_checkpoint(vq_path).weights_hash()
         if vq_hash != c.config["vqgan_hash"]:
-            raise ValueError(f"{vq_path}: VQ-GAN {vq_hash[:12]}, the model {ckpt} was trained on {c.config['vqgan_hash'][:12]}")
+            raise CheckpointError(f"{vq_path}: VQ-GAN {vq_hash[:12]}, but the model {ckpt} was trained on latents of "
+                                  f"VQ-GAN {c.config['vqgan_hash'][:12]}. Pass that VQ-GAN with --vqgan.")
         return cls(model.to(dev).eval(), c.config, database, load_vqgan(vq_path, dev), dev)
 
     @property

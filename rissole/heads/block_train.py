@@ -31,7 +31,17 @@ from rissole.models.block_unet import BlockDenoiser, BlockDenoiserConfig
 from rissole.models.params import format_counts, used_parameters
 from rissole.retrieval import open_database
 from rissole.retrieval.neighbours import open_table
-from rissole.training import append_csv, batch_indices, learning_rate, truncate_csv
+from rissole.training import (
+    append_csv,
+    batch_indices,
+    check_fresh_run,
+    learning_rate,
+    restore_rng,
+    rng_tensors,
+    set_learning_rate,
+    truncate_csv,
+    with_defaults,
+)
 
 KIND = "rissole"
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -76,11 +86,8 @@ class BlockDiffusionTrainer:
 
     def __init__(self, config: dict[str, Any], run_dir: str | os.PathLike) -> None:
         require(config, "config", ["model", "data"])
-        unknown = set(config.get("train", {})) - set(TRAIN_DEFAULTS)
-        if unknown:
-            raise ConfigError(f"unknown train keys {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}")
         self.config = config
-        self.tc = tc = {**TRAIN_DEFAULTS, **config.get("train", {})}
+        self.tc = tc = with_defaults(config.get("train"), TRAIN_DEFAULTS, "train")
         config["train"] = tc
         self.run_dir = Path(run_dir)
         self.device = pick_device(tc["device"])
@@ -94,9 +101,9 @@ class BlockDiffusionTrainer:
             )
         dc = config["data"]
         self.db = open_database(dc["db"])
-        self.table = open_table(self.db, dc.get("table", "train"))
         mc = self.model.config
-        check_pairing(self.db, self.table, mc.grid, mc.key, config.get("vqgan_hash"), "the config")
+        self.table = open_table(self.db, dc.get("table", "train")) if mc.retrieval else None
+        check_pairing(self.db, self.table, mc, config.get("vqgan_hash"), "the config")
         config["vqgan_hash"] = self.db.checkpoint_hash
         if "scale_factor" not in config:
             config["scale_factor"] = 1.0 / latent_std(self.db)
@@ -107,7 +114,7 @@ class BlockDiffusionTrainer:
             lat = open_latents(dc["latents"])
             self.db.check_vqgan(lat.checkpoint_hash, f"the training latents {dc['latents']}")
             latents = lat.array
-        self.batcher = BlockBatcher(self.db, self.table, mc.k, config["scale_factor"], latents)
+        self.batcher = BlockBatcher(self.db, self.table, mc.grid, mc.k, config["scale_factor"], latents)
         self.schedule = NoiseSchedule.from_dict(config.get("diffusion", {}))
         config["diffusion"] = self.schedule.to_dict()
         self.loss_fn = BlockDiffusionLoss(self.schedule, tc["cond_dropout"])
@@ -129,8 +136,7 @@ class BlockDiffusionTrainer:
 
     def save(self) -> None:
         tensors, meta = flatten_optimizer(self.opt, "opt")
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.gen"] = self.gen.get_state()
+        tensors.update(rng_tensors(self.gen))
         save_checkpoint(self.run_dir / "checkpoint", KIND, self.step, self._cfg(), self._weights(), tensors, {"opt": meta})
 
     def save_final(self) -> Path:
@@ -147,20 +153,19 @@ class BlockDiffusionTrainer:
         if self.ema:
             self.ema.load_state_dict(ckpt.weights["ema"])
         restore_optimizer(self.opt, "opt", ckpt.trainer_tensors, ckpt.trainer_meta["opt"])
-        torch.set_rng_state(ckpt.trainer_tensors["rng.torch"])
-        self.gen.set_state(ckpt.trainer_tensors["rng.gen"])
+        restore_rng(ckpt.trainer_tensors, self.gen)
         self.step = ckpt.step
 
     def train_step(self) -> dict[str, float]:
         tc = self.tc
         self.model.train()
         lr = learning_rate(tc["lr"], self.step, tc["steps"], tc["warmup_steps"], tc["lr_schedule"])
-        for group in self.opt.param_groups:
-            group["lr"] = lr
+        set_learning_rate([self.opt], lr)
         ids = batch_indices(tc["seed"], self.step, tc["batch_size"], len(self.batcher))
         batch = self.batcher.batch(ids)
         for name in ("x0", "neighbours", "previous"):
-            setattr(batch, name, getattr(batch, name).to(self.device))
+            if getattr(batch, name) is not None:
+                setattr(batch, name, getattr(batch, name).to(self.device))
         loss = self.loss_fn(self.model, batch, self.gen)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -181,8 +186,8 @@ def train_block_diffusion(
 ) -> BlockDiffusionTrainer:
     """Train (or resume) a run; `stop_after` ends this invocation early, with a checkpoint."""
     run_dir = Path(run_dir)
-    if not resume and (run_dir / "checkpoint").exists():
-        raise CheckpointError(f"{run_dir}/checkpoint exists: pass --resume to continue that run, or choose another --out.")
+    if not resume:
+        check_fresh_run(run_dir)
     trainer = BlockDiffusionTrainer(config, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
