@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from rissole.checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint
 from rissole.config import require
-from rissole.device import pick_device
 from rissole.diffusion.schedule import NoiseSchedule
+from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
 from rissole.ema import EMA
 from rissole.errors import CheckpointError, ConfigError
 from rissole.heads.block_batches import BlockBatcher, check_pairing, latent_std
@@ -91,6 +91,8 @@ class BlockDiffusionTrainer:
         config["train"] = tc
         self.run_dir = Path(run_dir)
         self.device = pick_device(tc["device"])
+        self.amp = autocast_dtype(self.device)  # None (fp32) on a CPU and on a GTX 1080 Ti
+        self.scaler = make_grad_scaler(self.device, self.amp)
         torch.manual_seed(tc["seed"])
         self.model = build_model(config["model"]).to(self.device)
         self.counts = parameter_counts(self.model)
@@ -137,7 +139,8 @@ class BlockDiffusionTrainer:
     def save(self) -> None:
         tensors, meta = flatten_optimizer(self.opt, "opt")
         tensors.update(rng_tensors(self.gen))
-        save_checkpoint(self.run_dir / "checkpoint", KIND, self.step, self._cfg(), self._weights(), tensors, {"opt": meta})
+        save_checkpoint(self.run_dir / "checkpoint", KIND, self.step, self._cfg(), self._weights(), tensors,
+                        {"opt": meta, "scaler": self.scaler.state_dict()})
 
     def save_final(self) -> Path:
         return save_checkpoint(self.run_dir / "final", KIND, self.step, self._cfg(), self._weights())
@@ -154,6 +157,8 @@ class BlockDiffusionTrainer:
             self.ema.load_state_dict(ckpt.weights["ema"])
         restore_optimizer(self.opt, "opt", ckpt.trainer_tensors, ckpt.trainer_meta["opt"])
         restore_rng(ckpt.trainer_tensors, self.gen)
+        if "scaler" in ckpt.trainer_meta:  # checkpoints written before mixed precision have none
+            self.scaler.load_state_dict(ckpt.trainer_meta["scaler"])
         self.step = ckpt.step
 
     def train_step(self) -> dict[str, float]:
@@ -166,11 +171,14 @@ class BlockDiffusionTrainer:
         for name in ("x0", "neighbours", "previous"):
             if getattr(batch, name) is not None:
                 setattr(batch, name, getattr(batch, name).to(self.device))
-        loss = self.loss_fn(self.model, batch, self.gen)
+        with autocast(self.device, self.amp):
+            loss = self.loss_fn(self.model, batch, self.gen)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
-        self.opt.step()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         if self.ema:
             self.ema.update(self.model)
         self.step += 1
