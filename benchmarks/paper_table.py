@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rissole.fileio import atomic_path, write_json_atomic, write_text_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "paper"
 RESULTS = ROOT / "benchmarks" / "results" / "paper_table.json"
@@ -75,7 +77,7 @@ def train(rows: list[str]) -> None:
             code = subprocess.call(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         wall = read_json(out / "wall.json", {"seconds": 0.0, "invocations": 0})
         wall = {"seconds": wall["seconds"] + time.time() - t0, "invocations": wall["invocations"] + 1}
-        (out / "wall.json").write_text(json.dumps(wall))
+        write_json_atomic(out / "wall.json", wall)
         if code != 0:
             raise SystemExit(f"{row}: training failed (exit {code}); see {out / 'train.log'}")
 
@@ -127,7 +129,8 @@ def evaluate_row(row: str, seeds: list[int], n: int, ddpm_n: int, ddpm_fid: bool
             if path.is_file():
                 continue
             images, seconds = sample(pipe, n, seed, sampler, batch=250)
-            np.save(run_dir(row) / f"samples_{name}_seed{seed}.npy", images)
+            with atomic_path(run_dir(row) / f"samples_{name}_seed{seed}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, images)
             metrics = evaluate(images, ref="fmnist:test", n=n, with_kid=True)
             grey = images if images.shape[1] == 1 else images.mean(1, keepdims=True).round().astype(np.uint8)
             res = {"row": row, "sampler": name, "seed": seed, "n": n, "fid": metrics["fid"],
@@ -135,19 +138,18 @@ def evaluate_row(row: str, seeds: list[int], n: int, ddpm_n: int, ddpm_fid: bool
                    "seams": seam_score(grey, real, max(grid, 2)),  # g=1: at the g=2 boundaries, a control
                    "copies": copy_rate(grey, train_images.images, bar),
                    "seconds_per_image": seconds / n}
-            path.write_text(json.dumps(res, indent=1))
+            write_json_atomic(path, res)
             print(f"{row} {name} seed {seed}: FID {res['fid']:.2f}, {seconds / n * 1e3:.1f} ms/image", flush=True)
     timing = run_dir(row) / "eval_ddpm_timing.json"
     if not timing.is_file():
         _, seconds = sample(pipe, ddpm_n, 0, DDPMSampler(pipe.schedule), batch=ddpm_n)
-        timing.write_text(json.dumps({"n": ddpm_n, "seconds_per_image": seconds / ddpm_n}))
+        write_json_atomic(timing, {"n": ddpm_n, "seconds_per_image": seconds / ddpm_n})
 
 
 def report(n: int) -> dict[str, Any]:
     """Gather every row's results into one JSON and a markdown table (rows not yet run are listed as such)."""
     from benchmarks._machine import machine_info
     from rissole.checkpoint import load_checkpoint
-    from rissole.fileio import write_json_atomic
     from rissole.heads.block_train import build_model, parameter_counts
 
     rows = []
@@ -166,7 +168,15 @@ def report(n: int) -> dict[str, Any]:
     result = {"benchmark": "paper_table", "machine": machine_info(), "n": n, "common": COMMON,
               "base_config": str(BASE_CONFIG.relative_to(ROOT)), "rows": rows}
     write_json_atomic(RESULTS, result)
-    print(markdown(rows))
+    table = markdown(rows)
+    print(table)
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- paper_table:start -->", "<!-- paper_table:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        write_text_atomic(readme, head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+        print(f"updated the table in {readme}")
     return result
 
 
