@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "rissole.cli.encode_cmd",
     "rissole.cli.eval_cmd",
     "rissole.cli.db_cmd",
+    "rissole.cli.embed_cmd",
     "rissole.cli.rissole_cmd",
     "rissole.cli.checkpoint_cmd",
     "rissole.cli.demo_cmd",

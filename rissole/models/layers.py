@@ -83,3 +83,72 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of query tokens (B, L, dim) to context tokens (B, M, context_dim); self-attention
+    when no context is given. Shared by the RDM UNet's transformer blocks and the RARM transformer."""
+
+    def __init__(self, dim: int, context_dim: int | None = None, num_heads: int = 4) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim or dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, dim) -> (B, heads, L, dim / heads)."""
+        b, n, d = x.shape
+        return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head keys and values of a context: computed once and reused at every sampling step."""
+        return self.heads(self.to_k(context)), self.heads(self.to_v(context))
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        out = F.scaled_dot_product_attention(self.heads(self.to_q(x)), k, v, is_causal=causal)
+        b, h, n, dh = out.shape
+        return self.to_out(out.transpose(1, 2).reshape(b, n, h * dh))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        k, v = self.keys_values(x if context is None else context)
+        return self.attend(x, k, v, causal)
+
+
+class FeedForward(nn.Module):
+    """Linear-GELU-linear, 4x wide."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim * mult), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SpatialTransformer(nn.Module):
+    """latent-diffusion's conditioning block: feature map -> tokens -> self-attention, cross-attention to
+    the context, feed-forward (pre-LayerNorm, residual) -> feature map, added to the input (output zeroed
+    at init so a new block starts as the identity)."""
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.norm1, self.attn1 = nn.LayerNorm(channels), CrossAttention(channels, None, num_heads)
+        self.norm2, self.attn2 = nn.LayerNorm(channels), CrossAttention(channels, context_dim, num_heads)
+        self.norm3, self.ff = nn.LayerNorm(channels), FeedForward(channels, dropout=dropout)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        t = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)  # (n, h*w, c)
+        t = t + self.attn1(self.norm1(t))
+        t = t + self.attn2(self.norm2(t), context)
+        t = t + self.ff(self.norm3(t))
+        return x + self.proj_out(t.transpose(1, 2).reshape(n, c, h, w))

@@ -1,0 +1,64 @@
+"""One interface for the neighbour embeddings phi(y) of RDM and RARM (seed 000, Sec. 3.1, App. E.2).
+
+    emb = make_embedder("vq", vqgan=path) ; v = emb.embed_images(uint8 (n, C, H, W))  # (n, d), unit length
+
+Every embedding is a flat unit vector of d = tokens * token_dim values, laid out token-major, so
+retrieval searches it as one vector (dot product) and a head reads it back as a sequence of
+`tokens` cross-attention tokens of `token_dim` channels each (k neighbours -> k * tokens tokens).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from rissole.retrieval.keys import normalise
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """What an embedding vector is: which embedder, and how its d values split into tokens."""
+
+    embedder: str
+    tokens: int
+    token_dim: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dim(self) -> int:
+        return self.tokens * self.token_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "dim": self.dim}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EmbeddingSpec":
+        return cls(str(d["embedder"]), int(d["tokens"]), int(d["token_dim"]), dict(d.get("params") or {}))
+
+    def describe(self) -> str:
+        return f"{self.embedder} ({self.tokens} token(s) x {self.token_dim} = d {self.dim})"
+
+
+class Embedder(ABC):
+    """Images (or, where the embedder allows, VQ latents) -> unit-length embeddings (n, d) float32."""
+
+    name: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def spec(self) -> EmbeddingSpec: ...
+
+    @abstractmethod
+    def embed_images(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
+        """uint8 images (n, C, H, W) -> float32 (n, d), every row of unit L2 norm."""
+
+    def embed_latents(self, z: np.ndarray) -> np.ndarray | None:
+        """VQ latents (n, c, h, w) -> (n, d) when the embedding is a function of the latent alone; else None."""
+        return None
+
+    @staticmethod
+    def unit(x: np.ndarray) -> np.ndarray:
+        return normalise(np.asarray(x, dtype=np.float32).reshape(len(x), -1))

@@ -1,0 +1,199 @@
+"""Embedding files and embedding databases: the block-database format with grid 1 and one block.
+
+    EMB.npy            float32 (n, d, 1, 1) in the `rissole encode` latents format, so the retrieval
+                       core reads it unchanged (`rissole db build --grid 1`, `db neighbours --queries`)
+    EMB.json           the latents manifest plus "embedding" (EmbeddingSpec), "latents" (the source
+                       latents file) and "rows" (EMB.rows.npy: which latents row each vector embeds)
+    DB/                a block database built from EMB.npy (grid 1: blocks.npy is (1, N, d)), plus
+    DB/embedding.json  the spec and provenance, and DB/rows.npy (the source rows of DB's rows)
+
+Search keys of a grid-1 database in key mode `latent` are exactly the stored unit vectors, so the
+searchers, neighbour tables and p_D of the retrieval core serve embedding databases as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from rissole.embeddings.base import Embedder, EmbeddingSpec
+from rissole.errors import DataError
+from rissole.fileio import atomic_path, write_json_atomic
+from rissole.latents import FORMAT as LATENTS_FORMAT, FORMAT_VERSION as LATENTS_VERSION, Latents, open_latents
+from rissole.retrieval.database import BlockDatabase, build_database, open_database
+
+EMBEDDING_FILE = "embedding.json"
+ROWS_FILE = "rows.npy"
+KEY_MODE = "latent"  # with grid 1, the whole (single-block) row: the embedding itself
+
+
+@dataclass
+class EmbeddingFile:
+    """An embeddings .npy (n, d, 1, 1) with its spec and the latents rows it was made from."""
+
+    latents: Latents  # the file itself, opened as a latents file
+    spec: EmbeddingSpec
+    source_latents: Path
+    rows: np.ndarray  # (n,) int64 rows of source_latents
+
+    def vectors(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return np.asarray(self.latents.array[start:stop], dtype=np.float32).reshape(-1, self.spec.dim)
+
+
+def write_embeddings(embedder: Embedder, latents_path: str | os.PathLike, out: str | os.PathLike,
+                     rows: np.ndarray | None = None, chunk: int = 4096, progress: bool = True) -> EmbeddingFile:
+    """Embed rows of a latents file (all by default) into `out` atomically.
+
+    Embedders that are a function of the latent (vq) read the latents; the others (inception)
+    embed the original images, loaded from the source spec recorded in the latents manifest."""
+    latents_path = Path(latents_path).resolve()
+    lat = open_latents(latents_path)
+    rows = np.arange(len(lat.array), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    if rows.ndim != 1 or not len(rows) or rows.min() < 0 or rows.max() >= len(lat.array):
+        raise DataError(f"{latents_path}: rows must be a non-empty list of ids in [0, {len(lat.array)}), found "
+                        f"{len(rows)} ids in [{rows.min() if len(rows) else '-'}, {rows.max() if len(rows) else '-'}].")
+    spec = embedder.spec
+    out = Path(out)
+    images = None
+    if embedder.embed_latents(np.asarray(lat.array[:1])) is None:
+        images = _source_images(lat)
+    with atomic_path(out, suffix=".npy") as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), spec.dim, 1, 1))
+        for s in tqdm(range(0, len(rows), chunk), desc=f"embed {spec.embedder}", unit="chunk", disable=not progress):
+            ids = rows[s : s + chunk]
+            v = embedder.embed_latents(np.asarray(lat.array[ids])) if images is None else embedder.embed_images(images[ids])
+            arr[s : s + len(ids)] = v.reshape(len(ids), spec.dim, 1, 1)
+        arr.flush()
+        del arr
+    with atomic_path(out.with_name(out.stem + ".rows.npy")) as tmp, open(tmp, "wb") as f:
+        np.save(f, rows)
+    labels, labels_name = lat.labels(), None
+    if labels is not None:
+        labels_name = out.stem + ".labels.npy"
+        with atomic_path(out.with_name(labels_name)) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(labels)[rows])
+    manifest = {
+        "format": LATENTS_FORMAT,
+        "format_version": LATENTS_VERSION,
+        "shape": [len(rows), spec.dim, 1, 1],
+        "dtype": "float32",
+        "count": len(rows),
+        "checkpoint": lat.manifest.get("checkpoint"),
+        "checkpoint_hash": lat.checkpoint_hash,  # the VQ-GAN of the latents these vectors stand for
+        "source": lat.manifest.get("source"),
+        "labels": labels_name,
+        "embedding": spec.to_dict(),
+        "latents": str(latents_path),
+        "rows": out.stem + ".rows.npy",
+    }
+    write_json_atomic(out.with_suffix(".json"), manifest)
+    return open_embeddings(out)
+
+
+def _source_images(lat: Latents) -> np.ndarray:
+    from rissole.data import load_source
+
+    spec = lat.manifest.get("source")
+    if not spec:
+        raise DataError(f"{lat.path}: the latents manifest names no image source; this embedder needs the images.")
+    images = load_source(spec).images
+    if len(images) != len(lat.array):
+        raise DataError(f"{lat.path}: its source {spec!r} holds {len(images)} images, the latents {len(lat.array)} rows; "
+                        "re-encode the source with `rissole encode` so rows line up.")
+    return images
+
+
+def open_embeddings(path: str | os.PathLike) -> EmbeddingFile:
+    """Open an embeddings file written by `write_embeddings` (refusing a plain latents file)."""
+    path = Path(path)
+    lat = open_latents(path)
+    if "embedding" not in lat.manifest:
+        raise DataError(f"{path}: a latents file, not an embeddings file (no 'embedding' in its manifest). "
+                        "Make one with `rissole embed`.")
+    rows = np.load(path.with_name(lat.manifest["rows"]))
+    return EmbeddingFile(lat, EmbeddingSpec.from_dict(lat.manifest["embedding"]), Path(lat.manifest["latents"]), rows)
+
+
+@dataclass
+class EmbeddingDatabase:
+    """A grid-1 block database whose rows are neighbour embeddings, with their spec and source rows."""
+
+    db: BlockDatabase
+    spec: EmbeddingSpec
+    info: dict[str, Any]
+    rows: np.ndarray  # (N,) row of the source latents file that database row i embeds
+
+    @property
+    def path(self) -> Path:
+        return self.db.path
+
+    def __len__(self) -> int:
+        return self.db.rows
+
+    def embeddings(self, ids: np.ndarray) -> np.ndarray:
+        """float32 ids.shape + (d,): the stored unit vectors of database rows, read from the memmap."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
+            raise IndexError(f"{self.path}: row ids must lie in [0, {len(self)}), found {ids.min()}..{ids.max()}")
+        return np.take(self.db.array[0], ids.ravel(), axis=0).astype(np.float32).reshape(*ids.shape, self.spec.dim)
+
+    def source_latents(self) -> Latents:
+        return _open_source(self.info["latents"], self.path)
+
+    def latents(self, ids: np.ndarray) -> np.ndarray:
+        """float32 (n, c, h, w): the VQ latents of database rows (to show a retrieved neighbour as an image)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return np.asarray(self.source_latents().array[self.rows[ids]], dtype=np.float32)
+
+    def check_spec(self, expected: EmbeddingSpec, what: str) -> None:
+        """Refuse a database whose vectors are not the embedding `what` was trained on."""
+        if (self.spec.embedder, self.spec.tokens, self.spec.token_dim, self.spec.params) != (
+            expected.embedder, expected.tokens, expected.token_dim, expected.params
+        ):
+            raise DataError(
+                f"{self.path}: embedding database of {self.spec.describe()} {self.spec.params or ''}, but {what} "
+                f"conditions on {expected.describe()} {expected.params or ''}. Fix: build a database of that embedding "
+                f"with `rissole embed LATENTS --embedder {expected.embedder} --out EMB.npy --db DIR`."
+            )
+
+
+def _open_source(path: str, where: Path) -> Latents:
+    if not Path(path).is_file():
+        raise DataError(f"{where}: its source latents {path} are gone. Re-create them with `rissole encode`, "
+                        "or rebuild this database with `rissole embed`.")
+    return open_latents(path)
+
+
+def build_embedding_database(emb_path: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
+                             progress: bool = True) -> EmbeddingDatabase:
+    """A grid-1 block database of an embeddings file, with its spec and source rows beside the manifest."""
+    emb = open_embeddings(emb_path)
+    db = build_database(emb_path, out, grid=1, overwrite=overwrite, progress=progress)
+    shutil.copyfile(Path(emb_path).with_name(emb.latents.manifest["rows"]), db.path / ROWS_FILE)
+    write_json_atomic(db.path / EMBEDDING_FILE, {**emb.spec.to_dict(), "latents": str(emb.source_latents),
+                                                 "embeddings": str(Path(emb_path).resolve()), "rows": ROWS_FILE,
+                                                 "db_sha256": db.manifest["sha256"]})
+    return open_embedding_database(db.path)
+
+
+def open_embedding_database(path: str | os.PathLike) -> EmbeddingDatabase:
+    """Open a database made by `build_embedding_database`; a block database of latents is refused."""
+    db = open_database(path)
+    f = db.path / EMBEDDING_FILE
+    if not f.is_file():
+        raise DataError(f"{db.path}: a block database of latents (grid {db.grid}), not of neighbour embeddings "
+                        f"(no {EMBEDDING_FILE}). Fix: `rissole embed LATENTS --embedder vq --out EMB.npy --db DIR`.")
+    info = json.loads(f.read_text())
+    if info.get("db_sha256") != db.manifest["sha256"]:
+        raise DataError(f"{f}: written for another blocks.npy ({str(info.get('db_sha256'))[:12]}); rebuild with `rissole embed --db`.")
+    spec = EmbeddingSpec.from_dict(info)
+    if db.grid != 1 or db.dim != spec.dim:
+        raise DataError(f"{db.path}: expected grid 1 and d = {spec.dim}, found grid {db.grid}, d = {db.dim}.")
+    return EmbeddingDatabase(db, spec, info, np.load(db.path / ROWS_FILE))

@@ -1,0 +1,62 @@
+"""RARM sampling: code indices one position at a time, raster order, with top-k and temperature, and
+classifier-free guidance on the log-probabilities against all-zero neighbour embeddings (seed 000,
+App. D.2, Eq. 8): log p = log p(.|0) + s (log p(.|y) - log p(.|0)), the same `guide` as diffusion.
+
+With `cache=True` (default) each position is one `step` over a key-value cache; `cache=False`
+recomputes the whole prefix at every position (the reference the cache is tested against). Both draw
+their random numbers identically, so for one seed they give the same tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from rissole.diffusion.schedule import guide
+from rissole.models.rarm_transformer import RARMTransformer
+
+
+def pick(logp: torch.Tensor, generator: torch.Generator, top_k: int = 0, temperature: float = 1.0) -> torch.Tensor:
+    """Draw one index per row of log-probabilities (n, V): temperature, then keep the top_k (0 = all)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, found {temperature}")
+    logits = logp / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits.double(), dim=-1)
+    u = torch.rand(probs.shape[0], generator=generator, dtype=torch.float64).to(probs.device)
+    cdf = probs.cumsum(-1)
+    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp(max=probs.shape[-1] - 1)
+
+
+@torch.no_grad()
+def sample_codes(model: RARMTransformer, neighbours: torch.Tensor, generator: torch.Generator, guidance: float = 1.0,
+                 top_k: int = 0, temperature: float = 1.0, cache: bool = True,
+                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Code indices (n, L) conditioned on neighbour embeddings (n, k, d), any k."""
+    dev = next(model.parameters()).device
+    n, L = neighbours.shape[0], model.config.seq_len
+    guided = guidance != 1.0
+    nb = neighbours.to(dev)
+    if guided:
+        nb = torch.cat([nb, torch.zeros_like(nb)])
+    kv = model.new_cache(nb) if cache else None
+    inputs = torch.full((nb.shape[0], 1), model.start_token, dtype=torch.long, device=dev)
+    for pos in range(L):
+        if kv is not None:
+            logits = model.step(inputs[:, -1], pos, kv)
+        else:
+            logits = model(inputs, nb)[:, -1]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        if guided:
+            cond, uncond = logp.chunk(2)
+            logp = guide(cond, uncond, guidance)
+        token = pick(logp, generator, top_k, temperature)
+        if guided:
+            token = torch.cat([token, token])
+        inputs = torch.cat([inputs, token[:, None]], dim=1)
+        if progress is not None:
+            progress(pos)
+    return inputs[:n, 1:]

@@ -1,0 +1,50 @@
+"""RDM sampling: noise for the whole latent -> the shared reverse-diffusion loop (rissole.diffusion.loop)
+-> scaled latent. Classifier-free guidance doubles the batch with all-zero neighbour embeddings (seed
+000, App. D.2), one network call per step."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rissole.diffusion.loop import denoise
+from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
+from rissole.models.rdm_unet import RDMUNet
+
+
+def rdm_eps_fn(model: RDMUNet, schedule: NoiseSchedule,
+               neighbours: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, bool], object]:
+    """eps(x, t, guided) for fixed neighbours (n, k, d); a v-predicting model's output is turned into eps."""
+    ab = schedule.alphas_cumprod
+    both = torch.cat([neighbours, torch.zeros_like(neighbours)])
+
+    def as_eps(out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if model.config.prediction == "eps":
+            return out
+        a = float(np.sqrt(ab[int(t[0])]))
+        return float(np.sqrt(1.0 - a * a)) * x + a * out
+
+    def eps(x: torch.Tensor, t: torch.Tensor, guided: bool):
+        if not guided:
+            return as_eps(model(x, t, neighbours), x, t)
+        out = model(torch.cat([x, x]), torch.cat([t, t]), both)
+        return tuple(as_eps(o, x, t) for o in out.chunk(2))
+
+    return eps
+
+
+@torch.no_grad()
+def sample_latents(model: RDMUNet, sampler: DDIMSampler | DDPMSampler, neighbours: torch.Tensor,
+                   generator: torch.Generator, guidance: float = 1.0,
+                   progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Scaled latents (n, c, h, w) conditioned on neighbour embeddings (n, k, d), any k."""
+    cfg = model.config
+    dev = next(model.parameters()).device
+    n = neighbours.shape[0]
+    x_T = torch.randn((n, cfg.latent_channels, cfg.latent_size, cfg.latent_size), generator=generator).to(dev)
+    noise_fn = lambda shape: torch.randn(shape, generator=generator).to(dev)  # noqa: E731
+    t_fn = lambda t, m: torch.full((m,), t, dtype=torch.long, device=dev)  # noqa: E731
+    eps = rdm_eps_fn(model, sampler.schedule, neighbours.to(dev))
+    return denoise(eps, sampler, x_T, noise_fn, t_fn, guidance, progress)

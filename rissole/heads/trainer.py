@@ -1,0 +1,206 @@
+"""The one training loop of the generator heads (RISSOLE, RDM, RARM): AdamW, EMA, gradient clipping,
+mixed precision where the device makes it fast, atomic checkpoints, bit-exact --resume, CSV log, tqdm.
+
+A head subclasses HeadTrainer and supplies its model, its data and its loss on a batch of row ids:
+
+    class MyTrainer(HeadTrainer):
+        kind = "rdm"; defaults = {...}
+        def build_model(self) -> nn.Module: ...
+        def count_parameters(self) -> dict[str, int]: ...
+        def setup_data(self) -> None: ...          # after the model, before the optimizer
+        def num_rows(self) -> int: ...
+        def loss(self, ids: np.ndarray) -> torch.Tensor: ...
+
+Run directory: RUN/checkpoint/ (weights, EMA, optimizer, RNG), RUN/final/ (what sampling loads),
+RUN/log.csv (step, loss, lr, seconds).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rissole.checkpoint import Checkpoint, flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint
+from rissole.config import require
+from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
+from rissole.ema import EMA
+from rissole.errors import CheckpointError, ConfigError
+from rissole.models.params import format_counts
+from rissole.training import (
+    append_csv,
+    batch_indices,
+    check_fresh_run,
+    learning_rate,
+    restore_rng,
+    rng_tensors,
+    set_learning_rate,
+    truncate_csv,
+    with_defaults,
+)
+
+COMMON_DEFAULTS: dict[str, Any] = {
+    "steps": 10000,
+    "batch_size": 64,
+    "lr": 2.0e-4,
+    "betas": [0.9, 0.999],
+    "weight_decay": 0.0,
+    "lr_schedule": "cosine",
+    "warmup_steps": 200,
+    "grad_clip": 1.0,
+    "seed": 0,
+    "ema_decay": 0.999,
+    "cond_dropout": 0.1,  # share of samples trained with all-zero conditioning (what guidance contrasts with)
+    "max_params": None,  # refuse a model whose used parameters exceed this
+    "ckpt_every": 1000,
+    "device": "auto",
+}
+
+
+class HeadTrainer:
+    """Owns the model, EMA, optimizer, RNG and data of one run."""
+
+    kind: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = COMMON_DEFAULTS
+
+    def __init__(self, config: dict[str, Any], run_dir: str | os.PathLike) -> None:
+        require(config, "config", ["model", "data"])
+        self.config = config
+        self.tc = tc = with_defaults(config.get("train"), self.defaults, "train")
+        config["train"] = tc
+        self.run_dir = Path(run_dir)
+        self.device = pick_device(tc["device"])
+        self.amp = autocast_dtype(self.device)  # None (fp32) on a CPU and on a GTX 1080 Ti
+        self.scaler = make_grad_scaler(self.device, self.amp)
+        torch.manual_seed(tc["seed"])
+        self.model = self.build_model().to(self.device)
+        self.counts = self.count_parameters()
+        if tc["max_params"] is not None and self.counts["total"] > tc["max_params"]:
+            raise ConfigError(
+                f"the model uses {self.counts['total']:,} parameters, above train.max_params = {tc['max_params']:,}:\n"
+                f"{format_counts(self.counts)}\nShrink the model section of the config, or raise the budget."
+            )
+        self.setup_data()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc["lr"], betas=tuple(tc["betas"]),
+                                     weight_decay=tc["weight_decay"])
+        learning_rate(tc["lr"], 0, tc["steps"], tc["warmup_steps"], tc["lr_schedule"])  # validates the name
+        self.ema = EMA(self.model, tc["ema_decay"]) if tc["ema_decay"] else None
+        self.gen = torch.Generator().manual_seed(tc["seed"] + 1)
+        self.step = 0
+
+    # --- what a head supplies ---
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def count_parameters(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def setup_data(self) -> None:
+        raise NotImplementedError
+
+    def num_rows(self) -> int:
+        raise NotImplementedError
+
+    def loss(self, ids: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def on_resume(self, ckpt: Checkpoint) -> None:
+        """Restore run state that lives in the config (e.g. a latent scale factor measured at the start)."""
+
+    # --- shared ---
+    def _cfg(self) -> dict[str, Any]:
+        return {k: v for k, v in self.config.items() if k not in ("kind", "format_version", "step")}
+
+    def _weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        w = {"model": self.model.state_dict()}
+        if self.ema:
+            w["ema"] = self.ema.state_dict()
+        return w
+
+    def save(self) -> None:
+        tensors, meta = flatten_optimizer(self.opt, "opt")
+        tensors.update(rng_tensors(self.gen))
+        save_checkpoint(self.run_dir / "checkpoint", self.kind, self.step, self._cfg(), self._weights(), tensors,
+                        {"opt": meta, "scaler": self.scaler.state_dict()})
+
+    def save_final(self) -> Path:
+        return save_checkpoint(self.run_dir / "final", self.kind, self.step, self._cfg(), self._weights())
+
+    def resume(self) -> None:
+        ckpt = load_checkpoint(self.run_dir / "checkpoint", expect_kind=self.kind, with_trainer=True)
+        if ckpt.config["model"] != self.config["model"]:
+            raise CheckpointError(f"{ckpt.path}: the checkpoint's model config differs from the one given; "
+                                  "resume with the same config.")
+        self.on_resume(ckpt)
+        ckpt.load_into(self.model, "model")
+        if self.ema:
+            self.ema.load_state_dict(ckpt.weights["ema"])
+        restore_optimizer(self.opt, "opt", ckpt.trainer_tensors, ckpt.trainer_meta["opt"])
+        restore_rng(ckpt.trainer_tensors, self.gen)
+        if "scaler" in ckpt.trainer_meta:  # checkpoints written before mixed precision have none
+            self.scaler.load_state_dict(ckpt.trainer_meta["scaler"])
+        self.step = ckpt.step
+
+    def train_step(self) -> dict[str, float]:
+        tc = self.tc
+        self.model.train()
+        lr = learning_rate(tc["lr"], self.step, tc["steps"], tc["warmup_steps"], tc["lr_schedule"])
+        set_learning_rate([self.opt], lr)
+        ids = batch_indices(tc["seed"], self.step, tc["batch_size"], self.num_rows())
+        with autocast(self.device, self.amp):
+            loss = self.loss(ids)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        if self.ema:
+            self.ema.update(self.model)
+        self.step += 1
+        return {"loss": float(loss.detach()), "lr": lr}
+
+
+def train_head(
+    trainer_cls: type[HeadTrainer],
+    config: dict[str, Any],
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> HeadTrainer:
+    """Train (or resume) a run; `stop_after` ends this invocation early, with a checkpoint."""
+    run_dir = Path(run_dir)
+    if not resume:
+        check_fresh_run(run_dir)
+    trainer = trainer_cls(config, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        trainer.resume()
+        truncate_csv(run_dir / "log.csv", trainer.step)
+    tc = trainer.tc
+    if progress:
+        print(f"parameters used by the forward pass:\n{format_counts(trainer.counts)}")
+    end = tc["steps"] if stop_after is None else min(tc["steps"], trainer.step + stop_after)
+    bar = tqdm(total=tc["steps"], initial=trainer.step, desc=trainer.kind, unit="step", disable=not progress)
+    t0 = time.time()
+    while trainer.step < end:
+        logs = trainer.train_step()
+        if not math.isfinite(logs["loss"]):
+            raise RuntimeError(f"loss became {logs['loss']} at step {trainer.step}; lower train.lr.")
+        append_csv(run_dir / "log.csv", {"step": trainer.step, "loss": f"{logs['loss']:.6g}", "lr": f"{logs['lr']:.6g}",
+                                         "seconds": f"{time.time() - t0:.1f}"})
+        bar.update(1)
+        bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        if trainer.step % tc["ckpt_every"] == 0 or trainer.step == end:
+            trainer.save()
+    bar.close()
+    if trainer.step == tc["steps"]:
+        trainer.save_final()
+    return trainer
