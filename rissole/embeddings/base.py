@@ -39,7 +39,8 @@ class EmbeddingSpec:
         return cls(str(d["embedder"]), int(d["tokens"]), int(d["token_dim"]), dict(d.get("params") or {}))
 
     def describe(self) -> str:
-        return f"{self.embedder} ({self.tokens} token(s) x {self.token_dim} = d {self.dim})"
+        params = "".join(f", {k} {v}" for k, v in sorted(self.params.items()))
+        return f"{self.embedder} embeddings of d = {self.dim} ({self.tokens} token(s) x {self.token_dim}{params})"
 
 
 class Embedder(ABC):

@@ -103,9 +103,10 @@ def _source_images(lat: Latents) -> np.ndarray:
     spec = lat.manifest.get("source")
     if not spec:
         raise DataError(f"{lat.path}: the latents manifest names no image source; this embedder needs the images.")
-    images = load_source(spec).images
-    if len(images) != len(lat.array):
-        raise DataError(f"{lat.path}: its source {spec!r} holds {len(images)} images, the latents {len(lat.array)} rows; "
+    n = len(lat.array)
+    images = load_source(spec, limit=n).images  # `rissole encode --limit N` encodes the first N images
+    if len(images) != n:
+        raise DataError(f"{lat.path}: its source {spec!r} holds {len(images)} images, the latents {n} rows; "
                         "re-encode the source with `rissole encode` so rows line up.")
     return images
 
@@ -158,8 +159,8 @@ class EmbeddingDatabase:
             expected.embedder, expected.tokens, expected.token_dim, expected.params
         ):
             raise DataError(
-                f"{self.path}: embedding database of {self.spec.describe()} {self.spec.params or ''}, but {what} "
-                f"conditions on {expected.describe()} {expected.params or ''}. Fix: build a database of that embedding "
+                f"{self.path}: a database of {self.spec.describe()}, but {what} conditions on "
+                f"{expected.describe()}. Fix: build a database of that embedding "
                 f"with `rissole embed LATENTS --embedder {expected.embedder} --out EMB.npy --db DIR`."
             )
 
