@@ -16,7 +16,7 @@ def code_indices(latents: np.ndarray, codebook: torch.Tensor, chunk: int = 4096,
     n, c, h, w = latents.shape
     out = np.empty((n, h * w), dtype=np.int64)
     for s in tqdm(range(0, n, chunk), desc="code indices", unit="chunk", disable=not progress):
-        z = torch.from_numpy(np.ascontiguousarray(latents[s : s + chunk], dtype=np.float32))
+        z = torch.from_numpy(np.array(latents[s : s + chunk], dtype=np.float32))  # a copy: memmaps are read-only
         flat = z.permute(0, 2, 3, 1).reshape(-1, c)  # raster order: row by row, column by column
         d = (flat**2).sum(1, keepdim=True) + cb_sq[None] - 2.0 * flat @ cb.T
         out[s : s + len(z)] = d.argmin(1).reshape(len(z), h * w).numpy()
