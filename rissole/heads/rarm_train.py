@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from rissole.embeddings.store import open_embedding_database
 from rissole.errors import DataError
 from rissole.heads.rarm_codes import code_indices, vqgan_codebook
-from rissole.heads.rdm_data import NeighbourBatcher
+from rissole.heads.rdm_data import NeighbourBatcher, resolve_path
 from rissole.heads.trainer import COMMON_DEFAULTS, HeadTrainer, train_head
 from rissole.models.params import used_parameters
 from rissole.models.rarm_transformer import RARMConfig, RARMTransformer
@@ -82,14 +82,6 @@ class RARMTrainer(HeadTrainer):
         drop = (torch.rand(len(ids), generator=self.gen) < self.tc["cond_dropout"]).to(self.device)
         logits = self.model(self.model.shift_right(codes), nb.masked_fill(drop.view(-1, 1, 1), 0.0))
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
-
-
-def resolve_path(path: str, base: "os.PathLike[str]") -> "os.PathLike[str]":
-    """Config paths are relative to the working directory, else to the repository (shipped configs)."""
-    from pathlib import Path
-
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else Path(base) / p
 
 
 def train_rarm(config: dict[str, Any], run_dir: str | os.PathLike, resume: bool = False, stop_after: int | None = None,

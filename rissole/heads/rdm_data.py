@@ -27,6 +27,12 @@ from rissole.latents import Latents, open_latents
 from rissole.retrieval.neighbours import NeighbourTable
 
 
+def resolve_path(path: str | Path, base: str | Path) -> Path:
+    """Config paths are relative to the working directory, else to the repository (shipped configs)."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else Path(base) / p
+
+
 def training_latents(edb: EmbeddingDatabase, table: NeighbourTable) -> tuple[Latents, np.ndarray]:
     """(latents file, rows): training row i is latents row rows[i]; checks the table against the database."""
     name = table.meta.get("name")

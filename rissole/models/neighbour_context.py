@@ -1,6 +1,8 @@
 """The learned projection from k neighbour embeddings to the cross-attention context of RDM and RARM.
 
     (B, k, d) unit embeddings, d = tokens * token_dim
+    -> x sqrt(d) (a unit vector's entries have RMS 1 / sqrt(d); rescaled to RMS 1 so the neighbour's content
+       is not drowned by the projection's bias before the LayerNorm)
     -> (B, k, tokens, token_dim) -> Linear(token_dim, context_dim) + learned token-position embedding
     -> LayerNorm -> (B, k * tokens, context_dim)
 
@@ -30,7 +32,7 @@ class NeighbourContext(nn.Module):
         if d != self.tokens * self.token_dim:
             raise ValueError(f"neighbour embeddings have d = {d}; this model takes {self.tokens} x {self.token_dim} = "
                              f"{self.tokens * self.token_dim}")
-        h = self.proj(embeddings.reshape(b, k, self.tokens, self.token_dim))
+        h = self.proj(embeddings.reshape(b, k, self.tokens, self.token_dim) * float(d) ** 0.5)
         if self.position is not None:
             h = h + self.position
         return self.norm(h).reshape(b, k * self.tokens, -1)
