@@ -17,22 +17,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from einops import rearrange
 
 from rissole.diffusion.loop import denoise
 from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
 from rissole.models.block_unet import BlockDenoiser
 from rissole.retrieval.blocks import merge_blocks
-from rissole.retrieval.database import BlockDatabase
+from rissole.retrieval.database import gather_neighbours  # noqa: F401 - re-exported: callers import it from here
 
 Sampler = DDIMSampler | DDPMSampler
-
-
-def gather_neighbours(db: BlockDatabase, neighbour_ids: np.ndarray, k: int) -> np.ndarray:
-    """float32 (n, b, k, c, s, s): for each sample, block i of each of its first k neighbours, at position i."""
-    ids = np.asarray(neighbour_ids)[:, :k]
-    blocks = db.blocks(ids)  # (n, k, b, c, s, s)
-    return np.ascontiguousarray(rearrange(blocks, "n k b c h w -> n b k c h w"))
 
 
 def _eps_fn(model: BlockDenoiser, schedule: NoiseSchedule, neighbours: torch.Tensor | None,
@@ -73,8 +65,12 @@ def sample_blocks(
     guidance: float = 1.0,
     order: str = "parallel",
     progress: Callable[[int], None] | None = None,
+    x_T: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scaled latents (n, c, h, w) from neighbours (n, b, k, c, s, s) (None for the -RAG model).
+
+    x_T (n, b, c, s, s): the initial noise, drawn from `generator` when None (given: the edge
+    runtime's parity check starts both samplers from the same noise).
 
     order: "parallel" (all n*b blocks in one call per step), "block_by_block" (n blocks per call,
     b times as many calls); a model with previous_block=True is always sampled sequentially.
@@ -87,7 +83,11 @@ def sample_blocks(
         raise ValueError(f"order must be 'parallel' or 'block_by_block', found {order!r}")
     dev = next(model.parameters()).device
     # all noise is drawn up front in one fixed layout, so every order starts from the same x_T
-    x_T = torch.randn((n, b, c, s, s), generator=generator).to(dev)
+    if x_T is None:
+        x_T = torch.randn((n, b, c, s, s), generator=generator)
+    elif tuple(x_T.shape) != (n, b, c, s, s):
+        raise ValueError(f"x_T must have shape {(n, b, c, s, s)} (n, b, c, s, s), found {tuple(x_T.shape)}")
+    x_T = x_T.to(dev)
     noise_fn = lambda shape: torch.randn(shape, generator=generator).to(dev)  # noqa: E731
     t_fn = lambda t, m: torch.full((m,), t, dtype=torch.long, device=dev)  # noqa: E731
     nb = None if neighbours is None else neighbours.to(dev)

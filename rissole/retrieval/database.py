@@ -115,6 +115,15 @@ class BlockDatabase:
             )
 
 
+def gather_neighbours(db: BlockDatabase, neighbour_ids: np.ndarray, k: int) -> np.ndarray:
+    """float32 (n, b, k, c, s, s): for each sample, block i of each of its first k neighbours, at position i.
+
+    Lives here (numpy only) so the PyTorch sampler and the edge runtime gather in one way."""
+    ids = np.asarray(neighbour_ids)[:, :k]
+    blocks = db.blocks(ids)  # (n, k, b, c, s, s)
+    return np.ascontiguousarray(rearrange(blocks, "n k b c h w -> n b k c h w"))
+
+
 def open_database(path: str | os.PathLike) -> BlockDatabase:
     """Map a database read-only after checking its manifest against the file size (reads no rows)."""
     path = Path(path)

@@ -1,0 +1,76 @@
+"""Entry point of `rissole-export`: checkpoint + database -> edge bundle [-> TensorRT engines]."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rissole.errors import RissoleError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rissole-export",
+        description="Export a trained RISSOLE checkpoint, its block database and VQ decoder as a self-contained edge "
+                    "bundle (ONNX models, memory-mapped database, neighbour table, proposal, manifest) for rissole-run.")
+    p.add_argument("ckpt", help="RISSOLE checkpoint directory (config.yaml + safetensors)")
+    p.add_argument("--out", required=True, help="bundle directory to write (atomically)")
+    p.add_argument("--db", default=None, help="block database (default: the one in the checkpoint's config)")
+    p.add_argument("--vqgan", default=None, help="VQ-GAN checkpoint (default: the one in the checkpoint's config)")
+    p.add_argument("--fp16", action="store_true", help="store the ONNX models in fp16, normalisation layers kept fp32")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    p.add_argument("--max-samples", type=int, default=16,
+                   help="samples per network call; the batch axis spans b .. max_samples * b * 2 (guidance)")
+    p.add_argument("--steps", type=int, default=50, help="default DDIM steps recorded in the manifest")
+    p.add_argument("--guidance", type=float, default=1.0, help="default guidance scale recorded in the manifest")
+    p.add_argument("--top-m", type=float, default=1.0, help="default top-m recorded in the manifest")
+    p.add_argument("--copy-db", action="store_true", help="copy blocks.npy even where a hard link is possible")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--engine", action="store_true",
+                   help="also build TensorRT engines (on the device); prints the trtexec commands where it cannot")
+    p.add_argument("--engine-precision", choices=("fp16", "fp32"), default="fp16",
+                   help="engine precision; fp16 keeps the normalisation layers in fp32")
+    p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT workspace limit in MiB (8 GB devices)")
+    p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file (default: BUNDLE/timing.cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from rissole_export.bundle_writer import ExportOptions, bundle_size, write_bundle
+
+    opts = ExportOptions(fp16=args.fp16, opset=args.opset, max_samples=args.max_samples, steps=args.steps,
+                         guidance=args.guidance, top_m=args.top_m, link=not args.copy_db, overwrite=args.force,
+                         progress=not args.quiet)
+    manifest = write_bundle(args.ckpt, args.out, db=args.db, vqgan=args.vqgan, opts=opts)
+    for line in opts.report:
+        print(line)
+    print(f"wrote {args.out}: grid {manifest['model']['grid']}, k {manifest['model']['k']}, "
+          f"{manifest['database']['rows']} rows; {bundle_size(args.out) / 2**20:.1f} MiB without the database")
+    if args.engine:
+        from rissole_export.tensorrt_build import build_engines
+        from rissole_export.trtexec import engine_plans
+
+        plans = engine_plans(Path(args.out), manifest, args.engine_precision == "fp16", args.workspace_mb,
+                             Path(args.timing_cache) if args.timing_cache else None)
+        for path in build_engines(plans):
+            print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except RissoleError as exc:
+        print(f"rissole-export: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rissole-export: interrupted; nothing half-written is left (the bundle is swapped in atomically).",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The engine plan of a bundle (profile shapes, fp32 layers) and the equivalent `trtexec` command line.
+
+The same plan drives the TensorRT Python API builder (rissole_export.tensorrt_build) and the
+command printed where TensorRT or a GPU is missing, so both build the same engine on the device.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from rissole_export.bundle_writer import DECODER_FP32_SCOPES, DENOISER_FP32_ROOTS
+from rissole_export.onnx_io import fp32_nodes, trt_fp32_layers
+from rissole_runtime.bundle import DECODER, DENOISER
+
+DEFAULT_WORKSPACE_MB = 1024  # leaves room on an 8 GB Jetson shared between CPU and GPU
+
+
+@dataclass
+class EnginePlan:
+    """Everything a TensorRT build of one ONNX file needs."""
+
+    onnx_path: Path
+    engine_path: Path
+    shapes: dict[str, tuple[list[int], list[int], list[int]]]  # input -> (min, opt, max)
+    fp16: bool
+    fp32_layers: list[str] = field(default_factory=list)
+    workspace_mb: int = DEFAULT_WORKSPACE_MB
+    timing_cache: Path | None = None
+
+
+def _shape(spec: list[Any], batch: int) -> list[int]:
+    return [batch if d == "batch" else int(d) for d in spec]
+
+
+def engine_plans(bundle: Path, manifest: dict[str, Any], fp16: bool = True, workspace_mb: int = DEFAULT_WORKSPACE_MB,
+                 timing_cache: Path | None = None) -> list[EnginePlan]:
+    """Plans for the denoiser (batch: b .. max_samples * b * 2) and the decoder (1 .. max_samples)."""
+    batch = manifest["batch"]
+    ranges = {DENOISER: (batch["min"], batch["opt"], batch["max"]), DECODER: (1, batch["max_samples"], batch["max_samples"])}
+    fp32_sets = {DENOISER: (DENOISER_FP32_ROOTS, ()), DECODER: (("",), DECODER_FP32_SCOPES)}
+    plans = []
+    for name, part in ((DENOISER, "denoiser"), (DECODER, "decoder")):
+        lo, opt, hi = ranges[name]
+        shapes = {k: (_shape(v["shape"], lo), _shape(v["shape"], opt), _shape(v["shape"], hi))
+                  for k, v in manifest[part]["inputs"].items()}
+        layers: list[str] = []
+        if fp16:
+            model = onnx.load(str(bundle / name), load_external_data=False)
+            roots, extra = fp32_sets[name]
+            layers = trt_fp32_layers(model, fp32_nodes(model, roots, extra))
+        plans.append(EnginePlan(bundle / name, bundle / name.replace(".onnx", ".engine"), shapes, fp16, layers,
+                                workspace_mb, timing_cache or bundle / "timing.cache"))
+    return plans
+
+
+def _dims(shapes: dict[str, tuple[list[int], list[int], list[int]]], which: int) -> str:
+    return ",".join(f"{k}:{'x'.join(str(d) for d in v[which])}" for k, v in shapes.items())
+
+
+def trtexec_command(plan: EnginePlan) -> list[str]:
+    """argv of the trtexec call that builds `plan` (TensorRT >= 8.6 flags)."""
+    cmd = ["trtexec", f"--onnx={plan.onnx_path}", f"--saveEngine={plan.engine_path}",
+           f"--minShapes={_dims(plan.shapes, 0)}", f"--optShapes={_dims(plan.shapes, 1)}",
+           f"--maxShapes={_dims(plan.shapes, 2)}", f"--memPoolSize=workspace:{plan.workspace_mb}M"]
+    if plan.timing_cache is not None:
+        cmd.append(f"--timingCacheFile={plan.timing_cache}")
+    if plan.fp16:
+        cmd.append("--fp16")
+        if plan.fp32_layers:
+            cmd += ["--precisionConstraints=obey",
+                    "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in plan.fp32_layers),
+                    "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in plan.fp32_layers)]
+    return cmd
+
+
+def format_command(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

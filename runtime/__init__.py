@@ -1,0 +1,1 @@
+"""rissole-run: the torch-free edge sampler (numpy + onnxruntime) over a bundle written by rissole-export."""

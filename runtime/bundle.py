@@ -1,0 +1,180 @@
+"""The edge bundle on disk, and opening it with every part checked against the manifest (numpy only).
+
+    BUNDLE/
+      manifest.json        format, shapes, dtypes, grid, k, schedule, DDIM timesteps, guidance,
+                           prediction type, scale_factor, versions, and bytes + sha256 of every file
+      denoiser.onnx        eps(x, t, neighbours[, position]); a v-model is turned into eps in the graph
+      decoder.onnx         unscaled latents -> images in [-1, 1]
+      proposal.npy         p_D (float64, one entry per database row; uniform without a train table)
+      db/                  a rissole block database (blocks.npy memmap + manifest.json) with the
+                           `database` neighbour table (k columns) in db/neighbours/
+
+rissole-export writes this layout (it imports the names from here); rissole-run reads it. Opening
+is fast (sizes, manifests, shapes; the database is memory-mapped, not read); `verify=True` also
+recomputes every sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rissole.diffusion.schedule import NoiseSchedule
+from rissole.errors import DataError
+from rissole.fileio import sha256_file
+from rissole.retrieval.database import BlockDatabase, open_database
+from rissole.retrieval.neighbours import open_table
+
+FORMAT = "rissole-edge-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DENOISER = "denoiser.onnx"
+DECODER = "decoder.onnx"
+PROPOSAL = "proposal.npy"
+DB_DIR = "db"
+TABLE = "database"
+FIX = "Re-export the bundle with `rissole-export CKPT --out BUNDLE`."
+
+
+@dataclass
+class Bundle:
+    """An opened bundle: its manifest, the memory-mapped database, neighbour ids and proposal."""
+
+    path: Path
+    manifest: dict[str, Any]
+    db: BlockDatabase
+    neighbour_ids: np.ndarray | None  # int32 (rows, k) memmap; None for a model without retrieval
+    proposal: np.ndarray  # float64 (rows,)
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.manifest["model"]
+
+    @property
+    def grid(self) -> int:
+        return int(self.model["grid"])
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.model["num_blocks"])
+
+    @property
+    def k(self) -> int:
+        return int(self.model["k"])
+
+    @property
+    def block_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.model["block_shape"]
+        return int(c), int(h), int(w)
+
+    @property
+    def retrieval(self) -> bool:
+        return bool(self.model["retrieval"])
+
+    @property
+    def position(self) -> bool:
+        return bool(self.model["position"])
+
+    @property
+    def scale_factor(self) -> float:
+        return float(self.manifest["scale_factor"])
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.from_dict(self.manifest["schedule"])
+
+    @property
+    def max_samples(self) -> int:
+        return int(self.manifest["batch"]["max_samples"])
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def _fail(part: Path | str, msg: str) -> DataError:
+    return DataError(f"{part}: {msg} {FIX}")
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise _fail(mpath, "missing; this is not an edge bundle.")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise _fail(mpath, f"corrupt JSON ({exc}).") from exc
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise _fail(mpath, f"expected {FORMAT} v{FORMAT_VERSION}, found {manifest.get('format')} v{manifest.get('format_version')}.")
+    _check_self_consistent(mpath, manifest["model"])
+    return manifest
+
+
+def _check_self_consistent(mpath: Path, model: dict[str, Any]) -> None:
+    """grid, blocks and shapes of the manifest must describe one latent cut one way."""
+    g, b = int(model["grid"]), int(model["num_blocks"])
+    c, h, w = model["latent_shape"]
+    bc, bh, bw = model["block_shape"]
+    if b != g * g or (bc, bh * g, bw * g) != (c, h, w):
+        raise _fail(mpath, f"grid {g}, {b} blocks of {[bc, bh, bw]} do not tile the latent {[c, h, w]}; the manifest is corrupt.")
+
+
+def check_files(path: Path, manifest: dict[str, Any], verify: bool, progress: bool = False) -> None:
+    """Every listed file is present with its size; with verify, its sha256 too."""
+    for rel, info in manifest["files"].items():
+        f = path / rel
+        if not f.is_file():
+            raise _fail(f, f"missing ({info.get('role', 'part of the bundle')}).")
+        size = f.stat().st_size
+        if size != info["bytes"]:
+            raise _fail(f, f"{size} bytes on disk, the manifest expects {info['bytes']}: the file is truncated or "
+                           "belongs to another export.")
+    if verify:
+        for rel, info in manifest["files"].items():
+            found = sha256_file(path / rel, progress=progress)
+            if found != info["sha256"]:
+                raise _fail(path / rel, f"sha256 {found[:16]}, the manifest expects {info['sha256'][:16]}: the file is corrupt.")
+
+
+def check_database(path: Path, manifest: dict[str, Any], db: BlockDatabase) -> None:
+    """The database's own manifest must agree with the bundle's (grid, shapes, rows, dtype, checksum)."""
+    want, model = manifest["database"], manifest["model"]
+    pairs = [
+        ("grid", db.grid, int(model["grid"])),
+        ("latent_shape", list(db.latent_shape), list(model["latent_shape"])),
+        ("block_shape", list(db.block_shape), list(model["block_shape"])),
+        ("rows", db.rows, int(want["rows"])),
+        ("dtype", db.dtype_name(), want["dtype"]),
+        ("sha256", db.manifest["sha256"], want["sha256"]),
+    ]
+    for key, found, expect in pairs:
+        if found != expect:
+            raise _fail(db.path / "manifest.json", f"{key} is {found}, but {path / MANIFEST} expects {expect}: the "
+                                                   "database and the manifest come from different exports.")
+
+
+def open_bundle(path: str | os.PathLike, verify: bool = False, progress: bool = False) -> Bundle:
+    """Open and check a bundle; refuse one whose parts disagree, naming the part."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: no such bundle directory. Write one with `rissole-export CKPT --out {path}`.")
+    manifest = read_manifest(path)
+    db = open_database(path / DB_DIR)  # checks blocks.npy against the database manifest (size, shape, dtype)
+    check_database(path, manifest, db)
+    check_files(path, manifest, verify, progress)
+    rows = db.rows
+    ids = None
+    if manifest["model"]["retrieval"]:
+        table = open_table(db, TABLE)
+        if table.ids.shape != (rows, int(manifest["model"]["k"])):
+            raise _fail(db.path / "neighbours", f"table {TABLE!r} is {list(table.ids.shape)}, expected "
+                                                f"{[rows, manifest['model']['k']]} (rows, k).")
+        ids = table.ids
+    proposal = np.load(path / PROPOSAL, mmap_mode="r")
+    if proposal.shape != (rows,) or proposal.dtype != np.float64:
+        raise _fail(path / PROPOSAL, f"{proposal.dtype} {list(proposal.shape)}, expected float64 [{rows}].")
+    return Bundle(path, manifest, db, ids, np.asarray(proposal))

@@ -1,0 +1,133 @@
+"""Sampling from a bundle without torch: p_D pseudo-queries -> neighbour blocks from the memmap ->
+the shared DDIM loop (rissole.diffusion) around the ONNX denoiser -> stitched latents -> ONNX decoder.
+
+The steps mirror RissolePipeline.generate + sample_blocks (parallel order): the same proposal
+sampler, the same neighbour gathering, the same (n, b, c, s, s) noise layout folded into the
+batch, the same guidance by doubling the batch with zero neighbours in one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from rissole.diffusion.loop import denoise
+from rissole.diffusion.schedule import DDIMSampler
+from rissole.errors import RissoleError
+from rissole.retrieval.blocks import merge_blocks
+from rissole.retrieval.database import gather_neighbours
+from rissole.retrieval.proposal import PseudoQuerySampler
+from rissole_runtime.bundle import DECODER, DENOISER, Bundle
+from rissole_runtime.session import check_inputs, open_session, providers_for, used_provider
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float in [-1, 1] -> uint8, rounded and clipped (as rissole.data.from_model_range)."""
+    return ((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8)
+
+
+@dataclass
+class Timings:
+    denoise_s: float = 0.0
+    decode_s: float = 0.0
+    network_calls: int = 0
+
+
+class EdgeSampler:
+    """The bundle's two ONNX sessions and its memory-mapped database, ready to generate images."""
+
+    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None) -> None:
+        self.bundle = bundle
+        providers = providers_for(provider, cache_dir=bundle.path / "trt_cache")
+        m = bundle.manifest
+        self.denoiser = open_session(bundle.file(DENOISER), providers, threads)
+        check_inputs(self.denoiser, bundle.file(DENOISER), m["denoiser"]["inputs"])
+        self.decoder = open_session(bundle.file(DECODER), providers, threads)
+        check_inputs(self.decoder, bundle.file(DECODER), m["decoder"]["inputs"])
+        self.provider = used_provider(self.denoiser)
+        self.timings = Timings()
+
+    def pseudo_queries(self, n: int, top_m: float = 1.0, seed: int = 0) -> np.ndarray:
+        """n database rows drawn from p_D truncated to its top-m fraction (as RissolePipeline.pseudo_queries)."""
+        return PseudoQuerySampler(self.bundle.proposal, self.bundle.db.rows, m=top_m, seed=seed).sample(n)
+
+    def neighbours(self, rows: np.ndarray) -> np.ndarray:
+        """Scaled float32 (n, b, k, c, s, s): each sample's k neighbours' same-position blocks, from the memmap."""
+        ids = np.asarray(self.bundle.neighbour_ids[np.asarray(rows)])
+        return gather_neighbours(self.bundle.db, ids, self.bundle.k) * np.float32(self.bundle.scale_factor)
+
+    def initial_noise(self, n: int, seed: int = 0) -> np.ndarray:
+        c, s, _ = self.bundle.block_shape
+        return np.random.default_rng(seed).standard_normal((n, self.bundle.num_blocks, c, s, s), dtype=np.float32)
+
+    def _eps_fn(self, neighbours: np.ndarray | None, n: int) -> Callable[[np.ndarray, np.ndarray, bool], object]:
+        """eps(x, t, guided) over the ONNX denoiser; guided doubles the batch with zero neighbours (one call)."""
+        b = self.bundle.num_blocks
+        cond = None if neighbours is None else neighbours.reshape(n * b, *neighbours.shape[2:])
+        cond2 = None if cond is None else np.concatenate([cond, np.zeros_like(cond)])
+        pos = np.tile(np.arange(b, dtype=np.int64), n) if self.bundle.position else None
+
+        def eps(x: np.ndarray, t: np.ndarray, guided: bool):
+            feed = {"x": np.concatenate([x, x]) if guided else x, "t": np.concatenate([t, t]) if guided else t}
+            if cond is not None:
+                feed["neighbours"] = cond2 if guided else cond
+            if pos is not None:
+                feed["position"] = np.concatenate([pos, pos]) if guided else pos
+            out = self.denoiser.run(None, feed)[0]
+            self.timings.network_calls += 1
+            return (out[: len(x)], out[len(x):]) if guided else out
+
+        return eps
+
+    def sample_latents(self, neighbours: np.ndarray | None, x_T: np.ndarray, sampler: DDIMSampler,
+                       guidance: float = 1.0, seed: int = 0, progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Unscaled latents (n, c, h, w) from scaled neighbours (n, b, k, c, s, s) and noise (n, b, c, s, s),
+        max_samples samples per network call."""
+        import time
+
+        n, b = x_T.shape[:2]
+        if self.bundle.retrieval and neighbours is None:
+            raise RissoleError("this bundle's model conditions on neighbours: pass them (n, b, k, c, s, s)")
+        rng = np.random.default_rng(seed + 1)  # stochastic DDIM steps (eta > 0) only
+        noise_fn = lambda shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
+        t_fn = lambda t, m: np.full((m,), t, dtype=np.int64)  # noqa: E731
+        out = []
+        t0 = time.perf_counter()
+        for s in range(0, n, self.bundle.max_samples):
+            e = min(s + self.bundle.max_samples, n)
+            nb = None if neighbours is None else neighbours[s:e]
+            x = x_T[s:e].reshape((e - s) * b, *x_T.shape[2:])
+            x = denoise(self._eps_fn(nb, e - s), sampler, x, noise_fn, t_fn, guidance, progress)
+            out.append(merge_blocks(x.reshape(e - s, b, *x_T.shape[2:]), self.bundle.grid))
+        self.timings.denoise_s += time.perf_counter() - t0
+        return np.concatenate(out) / np.float32(self.bundle.scale_factor)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """uint8 images (n, C, H, W) from unscaled latents, max_samples at a time."""
+        import time
+
+        t0 = time.perf_counter()
+        step = self.bundle.max_samples
+        out = [self.decoder.run(None, {"latents": np.ascontiguousarray(latents[s: s + step], dtype=np.float32)})[0]
+               for s in range(0, len(latents), step)]
+        self.timings.decode_s += time.perf_counter() - t0
+        return to_uint8(np.concatenate(out))
+
+    def sampler(self, steps: int, eta: float = 0.0) -> DDIMSampler:
+        """DDIM over the bundle's schedule; the manifest's timesteps are checked for its own step count."""
+        sampler = DDIMSampler(self.bundle.schedule, steps, eta)
+        recorded = self.bundle.manifest["sampler"]
+        if steps == recorded["num_steps"] and sampler.timesteps.tolist() != recorded["timesteps"]:
+            raise RissoleError(f"{self.bundle.path}: DDIM-{steps} timesteps differ from the manifest's; the bundle was "
+                               "written by an incompatible rissole version. Re-export it.")
+        return sampler
+
+    def generate(self, n: int, steps: int = 50, seed: int = 0, top_m: float = 1.0, guidance: float = 1.0,
+                 eta: float = 0.0, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images (n, C, H, W), pseudo-query rows (n,))."""
+        rows = self.pseudo_queries(n, top_m, seed)
+        nb = self.neighbours(rows) if self.bundle.retrieval else None
+        lat = self.sample_latents(nb, self.initial_noise(n, seed), self.sampler(steps, eta), guidance, seed, progress)
+        return self.decode(lat), rows
