@@ -1,7 +1,10 @@
-"""Write an edge bundle (layout: rissole_runtime.bundle) from a RISSOLE checkpoint and its database.
+"""Write an edge bundle (layout: rissole_runtime.bundle) from a RISSOLE or RDM checkpoint and its database.
 
-Both ONNX models are checked (onnx.checker, onnxruntime vs PyTorch on real database rows) before
-the bundle directory is swapped in atomically, so a failed export leaves nothing half-written.
+One writer for every kind: the kind-specific parts (the eps graph, real parity inputs, which
+database ships, the manifest's model section) come from rissole_export.sources; an RARM checkpoint
+is refused there (its export is a follow-up). Both ONNX models are checked (onnx.checker,
+onnxruntime vs PyTorch on real database rows) before the bundle directory is swapped in
+atomically, so a failed export leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -20,19 +23,17 @@ import torch
 from tqdm import tqdm
 
 import rissole
-from rissole.diffusion.schedule import DDIMSampler, NoiseSchedule
+from rissole.diffusion.schedule import DDIMSampler
 from rissole.errors import DataError
 from rissole.fileio import atomic_dir, atomic_path, sha256_file, write_json_atomic
-from rissole.heads.block_pipeline import RissolePipeline
-from rissole.heads.block_sampling import gather_neighbours
-from rissole.retrieval.blocks import merge_blocks
 from rissole.retrieval.database import BLOCKS_FILE, MANIFEST_FILE, BlockDatabase, open_database
 from rissole.retrieval.neighbours import open_table, save_table
 from rissole.retrieval.proposal import proposal_from_table
 from rissole_export.fp16 import convert_to_fp16, count_by_precision
-from rissole_export.graphs import DECODER_INPUT, DECODER_OUTPUT, DENOISER_OUTPUT, DecoderGraph, EpsDenoiserGraph
+from rissole_export.graphs import DECODER_INPUT, DECODER_OUTPUT, DENOISER_OUTPUT, DecoderGraph
 from rissole_export.onnx_io import MIN_OPSET, export_onnx, fp32_nodes, save_onnx
 from rissole_export.parity import TOLERANCE, check_parity
+from rissole_export.sources import ExportSource, load_source, real_denoiser_inputs, real_latents
 from rissole_runtime.bundle import DB_DIR, DECODER, DENOISER, FORMAT, FORMAT_VERSION, MANIFEST, PROPOSAL, TABLE
 
 # scopes whose plain ops stay fp32 under --fp16, besides the normalisation layers (see onnx_io.fp32_nodes)
@@ -93,31 +94,12 @@ def _write_database(src: BlockDatabase, dest: Path, k: int, retrieval: bool, lin
 
 
 def _proposal(db: BlockDatabase) -> tuple[np.ndarray, str]:
-    """p_D from the training table, as RissolePipeline.pseudo_queries uses it; uniform without one."""
+    """p_D from the training table, as RissolePipeline and NeighbourHeadPipeline.pseudo_queries use it; uniform
+    without one."""
     try:
         return proposal_from_table(open_table(db, "train").ids, db.rows), "p_D from the train neighbour table (RDM Eq. 5)"
     except DataError:
         return np.full(db.rows, 1.0 / db.rows), "uniform (the database has no train table)"
-
-
-def _real_denoiser_inputs(pipe: RissolePipeline, n: int, seed: int) -> dict[str, np.ndarray]:
-    """Noised real blocks at random timesteps with their neighbours, plus a zero-neighbour copy (guidance)."""
-    cfg, db = pipe.model.config, pipe.db
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(db.rows, size=n, replace=False)
-    scale = np.float32(pipe.config["scale_factor"])
-    x0 = db.blocks(rows).reshape(n * cfg.num_blocks, *db.block_shape) * scale
-    t = rng.integers(0, pipe.schedule.num_timesteps, size=len(x0))
-    a, s = (v.astype(np.float32)[:, None, None, None] for v in pipe.schedule.noise_coefficients(t))
-    xt = a * x0 + s * rng.standard_normal(x0.shape).astype(np.float32)
-    feeds = {"x": np.concatenate([xt, xt]).astype(np.float32), "t": np.concatenate([t, t]).astype(np.int64)}
-    if cfg.retrieval:
-        ids = np.asarray(open_table(db, TABLE).ids[rows])
-        nb = gather_neighbours(db, ids, cfg.k).reshape(n * cfg.num_blocks, cfg.k, *db.block_shape) * scale
-        feeds["neighbours"] = np.concatenate([nb, np.zeros_like(nb)]).astype(np.float32)
-    if cfg.position:
-        feeds["position"] = np.tile(np.arange(cfg.num_blocks, dtype=np.int64), 2 * n)
-    return feeds
 
 
 def _io_spec(names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
@@ -133,10 +115,10 @@ def _maybe_fp16(path: Path, model: onnx.ModelProto, opts: ExportOptions, roots: 
             "weights_by_dtype": count_by_precision(model)}
 
 
-def export_denoiser(pipe: RissolePipeline, path: Path, opts: ExportOptions) -> dict[str, Any]:
-    graph = EpsDenoiserGraph(pipe.model.float().eval(), pipe.schedule).eval()
-    names = graph.input_names()
-    feeds = _real_denoiser_inputs(pipe, opts.parity_samples, opts.seed)
+def export_denoiser(src: ExportSource, path: Path, opts: ExportOptions) -> dict[str, Any]:
+    """The eps graph as ONNX, checked against PyTorch on real inputs; returns the manifest's denoiser entry."""
+    graph, names = src.graph, src.input_names
+    feeds = real_denoiser_inputs(src, opts.parity_samples, opts.seed)
     args = tuple(torch.from_numpy(feeds[k]) for k in names)
     model = export_onnx(graph, args, path, names, DENOISER_OUTPUT, opts.opset)
     info = _maybe_fp16(path, model, opts, DENOISER_FP32_ROOTS, ())
@@ -146,24 +128,25 @@ def export_denoiser(pipe: RissolePipeline, path: Path, opts: ExportOptions) -> d
             return graph(*args).numpy()
 
     tol = TOLERANCE[info["precision"]]
-    diff = check_parity(path, feeds, reference, tol, "denoiser")
-    opts.report.append(f"denoiser: onnx.checker ok; onnxruntime vs PyTorch max abs diff {diff:.3g} on "
-                       f"{len(feeds['x'])} real blocks (tolerance {tol:g}, {info['precision']})")
-    prediction = pipe.model.config.prediction
+    what = "denoiser" if src.kind == "rissole" else f"{src.kind} denoiser"
+    diff = check_parity(path, feeds, reference, tol, what)
+    unit = "real latents" if src.model["num_blocks"] == 1 else "real blocks"
+    opts.report.append(f"{what}: onnx.checker ok; onnxruntime vs PyTorch max abs diff {diff:.3g} on "
+                       f"{len(feeds['x'])} {unit} (tolerance {tol:g}, {info['precision']})")
+    prediction = src.model["prediction"]
     return {"file": DENOISER, "inputs": _io_spec(names, feeds),
             "output": {DENOISER_OUTPUT: {"shape": ["batch", *feeds["x"].shape[1:]], "dtype": "float32"}},
             "prediction": prediction, "output_is": "eps",
             "eps_conversion": ("none: the model predicts eps" if prediction == "eps" else
                                "in the graph: eps = sqrt(1 - abar[t]) * x + sqrt(abar[t]) * v, abar from `schedule`"),
-            "guidance": "classifier-free: the batch doubled, second half with all-zero neighbours",
+            "guidance": f"classifier-free: the batch doubled, second half with {src.zero_conditioning}",
             "parity_max_abs": diff, "parity_tolerance": tol, **info}
 
 
-def export_decoder(pipe: RissolePipeline, path: Path, opts: ExportOptions) -> dict[str, Any]:
-    graph = DecoderGraph(pipe.vqgan.float().eval()).eval()
-    rng = np.random.default_rng(opts.seed + 1)
-    rows = rng.choice(pipe.db.rows, size=max(2, opts.parity_samples), replace=False)
-    latents = np.ascontiguousarray(merge_blocks(pipe.db.blocks(rows), pipe.db.grid)).astype(np.float32)
+def export_decoder(src: ExportSource, path: Path, opts: ExportOptions) -> dict[str, Any]:
+    """The VQ decoder as ONNX, checked against PyTorch on real latents; returns the manifest's decoder entry."""
+    graph = DecoderGraph(src.vqgan).eval()
+    latents = real_latents(src, max(2, opts.parity_samples), opts.seed + 1)
     x = torch.from_numpy(latents)
     model = export_onnx(graph, (x,), path, [DECODER_INPUT], DECODER_OUTPUT, opts.opset)
     info = _maybe_fp16(path, model, opts, ("",), DECODER_FP32_SCOPES)
@@ -190,48 +173,48 @@ def _file_entry(path: Path, role: str, sha: str | None = None) -> dict[str, Any]
 
 def write_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, db: str | os.PathLike | None = None,
                  vqgan: str | os.PathLike | None = None, opts: ExportOptions | None = None) -> dict[str, Any]:
-    """Export `ckpt` (with its database and VQ-GAN) into the bundle directory `out`; returns the manifest."""
+    """Export `ckpt` (RISSOLE or RDM, with its database and VQ-GAN) into the bundle directory `out`; returns
+    the manifest. `db` is the block database (RISSOLE) or the embedding database (RDM)."""
     opts = opts or ExportOptions()
     out = Path(out)
     if (out / MANIFEST).exists() and not opts.overwrite:
         raise DataError(f"{out}: a bundle is already there. Pass --force to replace it.")
-    pipe = RissolePipeline.load(ckpt, db=db, vqgan=vqgan, device="cpu")
-    cfg = pipe.model.config
-    sampler = DDIMSampler(pipe.schedule, opts.steps)
-    b = cfg.num_blocks
+    src = load_source(ckpt, db=db, vqgan=vqgan)
+    src_db = src.db
+    sampler = DDIMSampler(src.schedule, opts.steps)
+    b = int(src.model["num_blocks"])
     with atomic_dir(out) as tmp:
-        denoiser = export_denoiser(pipe, tmp / DENOISER, opts)
-        decoder = export_decoder(pipe, tmp / DECODER, opts)
-        bundle_db, how = _write_database(pipe.db, tmp / DB_DIR, cfg.k, cfg.retrieval, opts.link, opts.progress)
-        opts.report.append(f"database: {pipe.db.rows} rows {how} from {pipe.db.path}")
-        proposal, proposal_source = _proposal(pipe.db)
+        denoiser = export_denoiser(src, tmp / DENOISER, opts)
+        decoder = export_decoder(src, tmp / DECODER, opts)
+        bundle_db, how = _write_database(src_db, tmp / DB_DIR, src.k, src.retrieval, opts.link, opts.progress)
+        opts.report.append(f"database: {src_db.rows} rows {how} from {src_db.path}")
+        proposal, proposal_source = _proposal(src_db)
         with atomic_path(tmp / PROPOSAL, suffix=".npy") as p, open(p, "wb") as f:
             np.save(f, proposal.astype(np.float64))
         files = {DENOISER: _file_entry(tmp / DENOISER, "denoiser model"),
                  DECODER: _file_entry(tmp / DECODER, "VQ decoder model"),
                  PROPOSAL: _file_entry(tmp / PROPOSAL, "proposal p_D"),
-                 f"{DB_DIR}/{BLOCKS_FILE}": _file_entry(tmp / DB_DIR / BLOCKS_FILE, "block database",
+                 f"{DB_DIR}/{BLOCKS_FILE}": _file_entry(tmp / DB_DIR / BLOCKS_FILE, src.database_role,
                                                         bundle_db.manifest["sha256"]),
-                 f"{DB_DIR}/{MANIFEST_FILE}": _file_entry(tmp / DB_DIR / MANIFEST_FILE, "block database manifest")}
+                 f"{DB_DIR}/{MANIFEST_FILE}": _file_entry(tmp / DB_DIR / MANIFEST_FILE,
+                                                          f"{src.database_role} manifest")}
         for f in sorted((tmp / DB_DIR / "neighbours").glob("*")):
             files[f"{DB_DIR}/neighbours/{f.name}"] = _file_entry(f, "neighbour table")
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source": {"checkpoint": str(Path(ckpt).resolve()), "step": int(pipe.config.get("step", 0)),
-                       "vqgan_hash": pipe.config["vqgan_hash"]},
-            "model": {"kind": "rissole", "grid": cfg.grid, "num_blocks": b, "k": cfg.k,
-                      "latent_shape": list(pipe.db.latent_shape), "block_shape": list(pipe.db.block_shape),
-                      "retrieval": cfg.retrieval, "position": cfg.position, "key": cfg.key, "prediction": cfg.prediction},
+            "source": {"checkpoint": str(Path(ckpt).resolve()), "step": int(src.config.get("step", 0)),
+                       "vqgan_hash": src.config["vqgan_hash"]},
+            "model": src.model,
             "denoiser": denoiser, "decoder": decoder,
-            "scale_factor": float(pipe.config["scale_factor"]),
-            "schedule": pipe.schedule.to_dict(),
+            "scale_factor": src.scale_factor,
+            "schedule": src.schedule.to_dict(),
             "sampler": {"kind": "ddim", **sampler.to_dict()},
             "guidance": opts.guidance, "top_m": opts.top_m,
             "batch": {"max_samples": opts.max_samples, "min": b, "opt": opts.max_samples * b,
                       "max": opts.max_samples * b * 2},
-            "database": {"dir": DB_DIR, "rows": pipe.db.rows, "dtype": pipe.db.dtype_name(),
-                         "sha256": pipe.db.manifest["sha256"], "table": TABLE if cfg.retrieval else None,
+            "database": {"dir": DB_DIR, "rows": src_db.rows, "dtype": src_db.dtype_name(),
+                         "sha256": src_db.manifest["sha256"], "table": TABLE if src.retrieval else None,
                          "proposal": PROPOSAL, "proposal_source": proposal_source},
             "opset": opts.opset, "versions": _versions(), "files": files,
         }

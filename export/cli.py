@@ -1,4 +1,7 @@
-"""Entry point of `rissole-export`: checkpoint + database -> edge bundle [-> TensorRT engines]."""
+"""Entry point of `rissole-export`: checkpoint (RISSOLE or RDM) + database -> edge bundle [-> TensorRT engines].
+
+An RARM checkpoint is refused with a message: its export is a follow-up (rissole_export.sources).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ from rissole.errors import RissoleError
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rissole-export",
-        description="Export a trained RISSOLE checkpoint, its block database and VQ decoder as a self-contained edge "
-                    "bundle (ONNX models, memory-mapped database, neighbour table, proposal, manifest) for rissole-run.")
-    p.add_argument("ckpt", help="RISSOLE checkpoint directory (config.yaml + safetensors)")
+        description="Export a trained RISSOLE or RDM checkpoint, its database (block database / embedding database) "
+                    "and VQ decoder as a self-contained edge bundle (ONNX models, memory-mapped database, neighbour "
+                    "table, proposal, manifest) for rissole-run. RARM export is a follow-up.")
+    p.add_argument("ckpt", help="RISSOLE or RDM checkpoint directory (config.yaml + safetensors)")
     p.add_argument("--out", required=True, help="bundle directory to write (atomically)")
-    p.add_argument("--db", default=None, help="block database (default: the one in the checkpoint's config)")
+    p.add_argument("--db", default=None, help="RISSOLE's block database or RDM's embedding database (default: the "
+                                              "one in the checkpoint's config)")
     p.add_argument("--vqgan", default=None, help="VQ-GAN checkpoint (default: the one in the checkpoint's config)")
     p.add_argument("--fp16", action="store_true", help="store the ONNX models in fp16, normalisation layers kept fp32")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
@@ -46,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = write_bundle(args.ckpt, args.out, db=args.db, vqgan=args.vqgan, opts=opts)
     for line in opts.report:
         print(line)
-    print(f"wrote {args.out}: grid {manifest['model']['grid']}, k {manifest['model']['k']}, "
+    model = manifest["model"]
+    print(f"wrote {args.out}: {model['kind']}, grid {model['grid']}, k {model['k']}, "
           f"{manifest['database']['rows']} rows; {bundle_size(args.out) / 2**20:.1f} MiB without the database")
     if args.engine:
         from rissole_export.tensorrt_build import build_engines

@@ -1,1 +1,2 @@
-"""rissole-run: the torch-free edge sampler (numpy + onnxruntime) over a bundle written by rissole-export."""
+"""rissole-run: the torch-free edge sampler (numpy + onnxruntime) over a RISSOLE or RDM bundle written by
+rissole-export."""

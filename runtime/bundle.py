@@ -1,13 +1,23 @@
 """The edge bundle on disk, and opening it with every part checked against the manifest (numpy only).
 
     BUNDLE/
-      manifest.json        format, shapes, dtypes, grid, k, schedule, DDIM timesteps, guidance,
+      manifest.json        format, model kind, shapes, dtypes, grid, k, schedule, DDIM timesteps, guidance,
                            prediction type, scale_factor, versions, and bytes + sha256 of every file
       denoiser.onnx        eps(x, t, neighbours[, position]); a v-model is turned into eps in the graph
       decoder.onnx         unscaled latents -> images in [-1, 1]
       proposal.npy         p_D (float64, one entry per database row; uniform without a train table)
       db/                  a rissole block database (blocks.npy memmap + manifest.json) with the
                            `database` neighbour table (k columns) in db/neighbours/
+
+Two kinds (manifest["model"]["kind"]) share this layout:
+
+    rissole  denoiser over g x g blocks; db/ is the block database; neighbours (B, k, c, s, s) are the
+             neighbours' blocks at the sample's own position, times scale_factor
+    rdm      RDM's UNet over the whole latent, described as grid 1 with one block (block = latent);
+             db/ is the embedding database (a grid-1 block database: blocks.npy (1, rows, d) holds the
+             unit embeddings); neighbours (B, k, d) are its rows at the table's ids, unscaled
+
+RARM bundles do not exist yet (its export is a follow-up).
 
 rissole-export writes this layout (it imports the names from here); rissole-run reads it. Opening
 is fast (sizes, manifests, shapes; the database is memory-mapped, not read); `verify=True` also
@@ -38,6 +48,7 @@ DECODER = "decoder.onnx"
 PROPOSAL = "proposal.npy"
 DB_DIR = "db"
 TABLE = "database"
+KINDS = ("rissole", "rdm")
 FIX = "Re-export the bundle with `rissole-export CKPT --out BUNDLE`."
 
 
@@ -54,6 +65,10 @@ class Bundle:
     @property
     def model(self) -> dict[str, Any]:
         return self.manifest["model"]
+
+    @property
+    def kind(self) -> str:
+        return model_kind(self.manifest)
 
     @property
     def grid(self) -> int:
@@ -100,6 +115,21 @@ def _fail(part: Path | str, msg: str) -> DataError:
     return DataError(f"{part}: {msg} {FIX}")
 
 
+def model_kind(manifest: dict[str, Any]) -> str:
+    return str(manifest["model"].get("kind", "rissole"))
+
+
+def database_layout(manifest: dict[str, Any]) -> dict[str, Any]:
+    """grid and shapes db/manifest.json must have: the model's blocks (rissole), or the d-vectors as one
+    1 x 1 block each (rdm: an embedding database)."""
+    model = manifest["model"]
+    if model_kind(manifest) == "rdm":
+        d = int(model["embedding"]["dim"])
+        return {"grid": 1, "latent_shape": [d, 1, 1], "block_shape": [d, 1, 1]}
+    return {"grid": int(model["grid"]), "latent_shape": list(model["latent_shape"]),
+            "block_shape": list(model["block_shape"])}
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     mpath = path / MANIFEST
     if not mpath.is_file():
@@ -110,6 +140,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise _fail(mpath, f"corrupt JSON ({exc}).") from exc
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise _fail(mpath, f"expected {FORMAT} v{FORMAT_VERSION}, found {manifest.get('format')} v{manifest.get('format_version')}.")
+    if model_kind(manifest) not in KINDS:
+        raise _fail(mpath, f"a bundle of kind {model_kind(manifest)!r}; this runtime samples "
+                           f"{' and '.join(KINDS)} bundles.")
     _check_self_consistent(mpath, manifest["model"])
     return manifest
 
@@ -142,11 +175,11 @@ def check_files(path: Path, manifest: dict[str, Any], verify: bool, progress: bo
 
 def check_database(path: Path, manifest: dict[str, Any], db: BlockDatabase) -> None:
     """The database's own manifest must agree with the bundle's (grid, shapes, rows, dtype, checksum)."""
-    want, model = manifest["database"], manifest["model"]
+    want, layout = manifest["database"], database_layout(manifest)
     pairs = [
-        ("grid", db.grid, int(model["grid"])),
-        ("latent_shape", list(db.latent_shape), list(model["latent_shape"])),
-        ("block_shape", list(db.block_shape), list(model["block_shape"])),
+        ("grid", db.grid, layout["grid"]),
+        ("latent_shape", list(db.latent_shape), layout["latent_shape"]),
+        ("block_shape", list(db.block_shape), layout["block_shape"]),
         ("rows", db.rows, int(want["rows"])),
         ("dtype", db.dtype_name(), want["dtype"]),
         ("sha256", db.manifest["sha256"], want["sha256"]),

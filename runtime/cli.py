@@ -1,4 +1,4 @@
-"""Entry point of `rissole-run`: images from an edge bundle with numpy + onnxruntime (no torch)."""
+"""Entry point of `rissole-run`: images from an edge bundle (RISSOLE or RDM) with numpy + onnxruntime (no torch)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     bundle = open_bundle(args.bundle, verify=args.verify, progress=not args.quiet)
     threads = args.threads if args.threads is not None else default_threads()
     edge = EdgeSampler(bundle, args.provider, threads)
-    print(f"bundle {bundle.path}: grid {bundle.grid}, k {bundle.k}, {bundle.db.rows} rows "
+    print(f"bundle {bundle.path}: {bundle.kind}, grid {bundle.grid}, k {bundle.k}, {bundle.db.rows} rows "
           f"({'verified' if args.verify else 'sizes checked'}); provider {edge.provider}")
     steps = args.steps or int(bundle.manifest["sampler"]["num_steps"])
     guidance = bundle.manifest["guidance"] if args.guidance is None else args.guidance

@@ -1,9 +1,12 @@
-"""Sampling from a bundle without torch: p_D pseudo-queries -> neighbour blocks from the memmap ->
-the shared DDIM loop (rissole.diffusion) around the ONNX denoiser -> stitched latents -> ONNX decoder.
+"""Sampling from a bundle without torch: p_D pseudo-queries -> neighbours from the memmap -> the shared
+DDIM loop (rissole.diffusion) around the ONNX denoiser -> stitched latents -> ONNX decoder.
 
-The steps mirror RissolePipeline.generate + sample_blocks (parallel order): the same proposal
-sampler, the same neighbour gathering, the same (n, b, c, s, s) noise layout folded into the
-batch, the same guidance by doubling the batch with zero neighbours in one call.
+One sampler for both bundle kinds. For RISSOLE the steps mirror RissolePipeline.generate +
+sample_blocks (parallel order); for RDM, NeighbourHeadPipeline.generate + rdm_sampling.sample_latents.
+Both: the same proposal sampler, the same (n, b, c, s, s) noise layout folded into the batch (RDM:
+b = 1, the block is the whole latent), the same guidance by doubling the batch with all-zero
+conditioning in one call. The only kind-specific piece is what `neighbours` gathers: scaled
+neighbour blocks (RISSOLE) or the neighbours' unit embeddings (RDM).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from rissole.diffusion.loop import denoise
 from rissole.diffusion.schedule import DDIMSampler
 from rissole.errors import RissoleError
 from rissole.retrieval.blocks import merge_blocks
-from rissole.retrieval.database import gather_neighbours
+from rissole.retrieval.database import BlockDatabase, gather_neighbours
 from rissole.retrieval.proposal import PseudoQuerySampler
 from rissole_runtime.bundle import DECODER, DENOISER, Bundle
 from rissole_runtime.session import check_inputs, open_session, providers_for, used_provider
@@ -26,6 +29,16 @@ from rissole_runtime.session import check_inputs, open_session, providers_for, u
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """float in [-1, 1] -> uint8, rounded and clipped (as rissole.data.from_model_range)."""
     return ((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8)
+
+
+def gather_embeddings(db: BlockDatabase, neighbour_ids: np.ndarray, k: int) -> np.ndarray:
+    """float32 (n, k, d): the first k neighbours' rows of an embedding database (grid 1), read from the memmap
+    exactly as EmbeddingDatabase.embeddings reads them (that class cannot be used here: rissole.embeddings
+    imports torch)."""
+    ids = np.asarray(neighbour_ids, dtype=np.int64)[:, :k]
+    if ids.size and (ids.min() < 0 or ids.max() >= db.rows):
+        raise IndexError(f"{db.path}: row ids must lie in [0, {db.rows}), found {ids.min()}..{ids.max()}")
+    return np.take(db.array[0], ids.ravel(), axis=0).astype(np.float32).reshape(*ids.shape, db.dim)
 
 
 @dataclass
@@ -54,8 +67,12 @@ class EdgeSampler:
         return PseudoQuerySampler(self.bundle.proposal, self.bundle.db.rows, m=top_m, seed=seed).sample(n)
 
     def neighbours(self, rows: np.ndarray) -> np.ndarray:
-        """Scaled float32 (n, b, k, c, s, s): each sample's k neighbours' same-position blocks, from the memmap."""
+        """float32 conditioning (n, b, k, ...) of the pseudo-query rows, gathered from the memmap:
+        rissole: each sample's k neighbours' same-position blocks (n, b, k, c, s, s), scaled;
+        rdm: the k neighbours' unit embeddings as the one block's conditioning (n, 1, k, d), unscaled."""
         ids = np.asarray(self.bundle.neighbour_ids[np.asarray(rows)])
+        if self.bundle.kind == "rdm":
+            return gather_embeddings(self.bundle.db, ids, self.bundle.k)[:, None]
         return gather_neighbours(self.bundle.db, ids, self.bundle.k) * np.float32(self.bundle.scale_factor)
 
     def initial_noise(self, n: int, seed: int = 0) -> np.ndarray:
@@ -83,13 +100,13 @@ class EdgeSampler:
 
     def sample_latents(self, neighbours: np.ndarray | None, x_T: np.ndarray, sampler: DDIMSampler,
                        guidance: float = 1.0, seed: int = 0, progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Unscaled latents (n, c, h, w) from scaled neighbours (n, b, k, c, s, s) and noise (n, b, c, s, s),
-        max_samples samples per network call."""
+        """Unscaled latents (n, c, h, w) from the conditioning of `neighbours` (n, b, k, ...) and noise
+        (n, b, c, s, s), max_samples samples per network call."""
         import time
 
         n, b = x_T.shape[:2]
         if self.bundle.retrieval and neighbours is None:
-            raise RissoleError("this bundle's model conditions on neighbours: pass them (n, b, k, c, s, s)")
+            raise RissoleError("this bundle's model conditions on neighbours: pass them (EdgeSampler.neighbours)")
         rng = np.random.default_rng(seed + 1)  # stochastic DDIM steps (eta > 0) only
         noise_fn = lambda shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
         t_fn = lambda t, m: np.full((m,), t, dtype=np.int64)  # noqa: E731
@@ -126,7 +143,7 @@ class EdgeSampler:
 
     def generate(self, n: int, steps: int = 50, seed: int = 0, top_m: float = 1.0, guidance: float = 1.0,
                  eta: float = 0.0, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 images (n, C, H, W), pseudo-query rows (n,))."""
+        """(uint8 images (n, C, H, W), pseudo-query rows (n,)): either kind, one path."""
         rows = self.pseudo_queries(n, top_m, seed)
         nb = self.neighbours(rows) if self.bundle.retrieval else None
         lat = self.sample_latents(nb, self.initial_noise(n, seed), self.sampler(steps, eta), guidance, seed, progress)

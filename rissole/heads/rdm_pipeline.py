@@ -133,8 +133,10 @@ class NeighbourHeadPipeline:
     @torch.no_grad()
     def generate(self, neighbour_ids: np.ndarray, seed: int = 0, guidance: float = 1.0, sampler: str = "ddim",
                  steps: int = 100, eta: float = 0.0, top_k: int = 0, temperature: float = 1.0,
-                 progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, torch.Tensor]:
-        """(uint8 images (n, C, H, W), RDM: unscaled latents (n, c, h, w) | RARM: code indices (n, L))."""
+                 progress: Callable[[int], None] | None = None,
+                 x_T: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """(uint8 images (n, C, H, W), RDM: unscaled latents (n, c, h, w) | RARM: code indices (n, L)).
+        RDM only: `x_T` (n, c, h, w) fixes the initial noise (parity with the edge runtime)."""
         nb = self.neighbour_embeddings(neighbour_ids)
         gen = torch.Generator().manual_seed(seed)
         if self.kind == "rdm":
@@ -142,7 +144,7 @@ class NeighbourHeadPipeline:
 
             sched = NoiseSchedule.from_dict(self.config["diffusion"])
             smp = DDPMSampler(sched) if sampler == "ddpm" else DDIMSampler(sched, steps, eta)
-            lat = sample_latents(self.model, smp, nb, gen, guidance, progress) / float(self.config["scale_factor"])
+            lat = sample_latents(self.model, smp, nb, gen, guidance, progress, x_T) / float(self.config["scale_factor"])
             return self.decode(lat), lat.cpu()
         from rissole.heads.rarm_sampling import sample_codes
 

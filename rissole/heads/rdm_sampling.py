@@ -38,12 +38,18 @@ def rdm_eps_fn(model: RDMUNet, schedule: NoiseSchedule,
 @torch.no_grad()
 def sample_latents(model: RDMUNet, sampler: DDIMSampler | DDPMSampler, neighbours: torch.Tensor,
                    generator: torch.Generator, guidance: float = 1.0,
-                   progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Scaled latents (n, c, h, w) conditioned on neighbour embeddings (n, k, d), any k."""
+                   progress: Callable[[int], None] | None = None, x_T: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled latents (n, c, h, w) conditioned on neighbour embeddings (n, k, d), any k. `x_T` (n, c, h, w)
+    replaces the generator's initial noise (parity with the edge runtime, which draws its own)."""
     cfg = model.config
     dev = next(model.parameters()).device
     n = neighbours.shape[0]
-    x_T = torch.randn((n, cfg.latent_channels, cfg.latent_size, cfg.latent_size), generator=generator).to(dev)
+    shape = (n, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+    if x_T is None:
+        x_T = torch.randn(shape, generator=generator)
+    elif tuple(x_T.shape) != shape:
+        raise ValueError(f"x_T must be {list(shape)}, found {list(x_T.shape)}")
+    x_T = x_T.to(dev)
     noise_fn = lambda shape: torch.randn(shape, generator=generator).to(dev)  # noqa: E731
     t_fn = lambda t, m: torch.full((m,), t, dtype=torch.long, device=dev)  # noqa: E731
     eps = rdm_eps_fn(model, sampler.schedule, neighbours.to(dev))

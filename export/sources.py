@@ -1,0 +1,154 @@
+"""What rissole-export takes from a checkpoint, per kind; everything else is one writer (bundle_writer).
+
+    rissole  the block denoiser over g x g blocks; db/ ships the block database, whose blocks
+             (gathered at the sample's own positions, times scale_factor) are the conditioning
+    rdm      RDM's latent UNet over the whole latent, shipped as a grid-1 model with ONE block (the
+             block is the latent), so the runtime's noise layout, batching, guidance and DDIM loop
+             serve it unchanged; db/ ships the embedding database itself
+    rarm     refused: RARM samples code by code with a key-value cache, not with the DDIM loop the
+             bundle and runtime are built on; its export is a stated follow-up (issue 6)
+
+Why the RDM bundle ships the embedding database (and not latents to embed on the device): an
+embedding database is already a block database with grid 1, its blocks.npy (1, N, d) holding
+exactly the unit vectors the head's cross-attention reads (EmbeddingDatabase.embeddings), so it is
+hard-linked like a block database, stays memory-mapped, and the runtime gathers neighbour
+embeddings with one memmap read: no embedder, no torch, no extra copy. For the vq embedder the
+vectors could be recomputed on the device (latent (c, h, w) -> token-major (h w c) -> unit length,
+rissole.embeddings.vq_tokens), but that would ship the same bytes (d = c h w values a row) plus the
+source latents file and rows.npy; for the inception embedder it would need the network. The bundle
+size without the database is unchanged by the choice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from rissole.checkpoint import load_checkpoint
+from rissole.diffusion.schedule import NoiseSchedule
+from rissole.errors import CheckpointError
+from rissole.retrieval.blocks import merge_blocks
+from rissole.retrieval.database import BlockDatabase, gather_neighbours
+from rissole.retrieval.neighbours import open_table
+from rissole_export.graphs import EpsDenoiserGraph, RDMEpsGraph
+from rissole_runtime.bundle import TABLE
+
+RARM_FOLLOW_UP = ("RARM export is a follow-up (issue 6): the edge bundle and rissole-run hold diffusion heads "
+                  "(RISSOLE, RDM) sampled with the DDIM loop; an RARM samples code by code with a key-value cache. "
+                  "Sample it with `rissole sample --ckpt CKPT` on a machine with PyTorch.")
+
+
+@dataclass
+class ExportSource:
+    """One checkpoint's parts for the bundle: the eps graph, real inputs for the parity checks, what to ship."""
+
+    kind: str
+    config: dict[str, Any]  # the checkpoint's run config (scale_factor, vqgan_hash, step)
+    graph: nn.Module  # (inputs) -> eps, float32, eval
+    input_names: list[str]
+    vqgan: nn.Module
+    db: BlockDatabase  # shipped as db/ (a block database, or an embedding database: grid 1)
+    schedule: NoiseSchedule
+    model: dict[str, Any]  # the manifest's "model" section
+    zero_conditioning: str  # what the guidance half of the batch holds
+    database_role: str  # role of db/blocks.npy in the manifest's file list
+    pipe: Any  # the PyTorch pipeline it came from (RissolePipeline | NeighbourHeadPipeline): real inputs
+
+    @property
+    def k(self) -> int:
+        return int(self.model["k"])
+
+    @property
+    def retrieval(self) -> bool:
+        return bool(self.model["retrieval"])
+
+    @property
+    def scale_factor(self) -> float:
+        return float(self.config["scale_factor"])
+
+
+def load_source(ckpt: str | os.PathLike, db: str | os.PathLike | None = None,
+                vqgan: str | os.PathLike | None = None) -> ExportSource:
+    """The export source of `ckpt` by its kind (the checkpoint's config.yaml); RARM is refused."""
+    kind = load_checkpoint(ckpt).kind
+    if kind == "rarm":
+        raise CheckpointError(f"{ckpt}: an RARM checkpoint; rissole-export writes RISSOLE and RDM bundles only. "
+                              f"{RARM_FOLLOW_UP}")
+    if kind == "rdm":
+        from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+
+        return rdm_source(NeighbourHeadPipeline.load(ckpt, database=db, vqgan=vqgan, device="cpu"))
+    if kind == "rissole":
+        from rissole.heads.block_pipeline import RissolePipeline
+
+        return rissole_source(RissolePipeline.load(ckpt, db=db, vqgan=vqgan, device="cpu"))
+    raise CheckpointError(f"{ckpt}: kind {kind!r}; rissole-export takes RISSOLE (kind rissole) and RDM (kind rdm) "
+                          "checkpoints.")
+
+
+def rissole_source(pipe: Any) -> ExportSource:
+    """A RissolePipeline's parts."""
+    cfg = pipe.model.config
+    graph = EpsDenoiserGraph(pipe.model.float().eval(), pipe.schedule).eval()
+    model = {"kind": "rissole", "grid": cfg.grid, "num_blocks": cfg.num_blocks, "k": cfg.k,
+             "latent_shape": list(pipe.db.latent_shape), "block_shape": list(pipe.db.block_shape),
+             "retrieval": cfg.retrieval, "position": cfg.position, "key": cfg.key, "prediction": cfg.prediction}
+    return ExportSource("rissole", pipe.config, graph, graph.input_names(), pipe.vqgan.float().eval(), pipe.db,
+                        pipe.schedule, model, "all-zero neighbour blocks", "block database", pipe)
+
+
+def rdm_source(pipe: Any) -> ExportSource:
+    """A NeighbourHeadPipeline's parts (kind rdm): one block = the whole latent; db/ = the embedding database."""
+    from rissole.embeddings.store import KEY_MODE
+
+    cfg = pipe.model.config
+    schedule = NoiseSchedule.from_dict(pipe.config["diffusion"])
+    graph = RDMEpsGraph(pipe.model.float().eval(), schedule).eval()
+    shape = [cfg.latent_channels, cfg.latent_size, cfg.latent_size]
+    model = {"kind": "rdm", "grid": 1, "num_blocks": 1, "k": cfg.k, "latent_shape": shape, "block_shape": shape,
+             "retrieval": True, "position": False, "key": KEY_MODE, "prediction": cfg.prediction,
+             "embedding": pipe.edb.spec.to_dict(),
+             "conditioning": "neighbours (B, k, d): unit embeddings gathered from db/blocks.npy (1, rows, d) at the "
+                             "`database` table's ids of the pseudo-query row; not scaled"}
+    return ExportSource("rdm", pipe.config, graph, graph.input_names(), pipe.vqgan.float().eval(), pipe.edb.db,
+                        schedule, model, "all-zero neighbour embeddings", "neighbour embedding database", pipe)
+
+
+def real_denoiser_inputs(src: ExportSource, n: int, seed: int) -> dict[str, np.ndarray]:
+    """Noised real latents (RISSOLE: their blocks) at random timesteps with their real neighbours, plus a
+    zero-conditioned copy (guidance)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(src.db.rows, size=n, replace=False)
+    scale = np.float32(src.scale_factor)
+    if src.kind == "rdm":
+        x0 = src.pipe.edb.latents(rows) * scale
+    else:
+        x0 = src.db.blocks(rows).reshape(n * src.model["num_blocks"], *src.db.block_shape) * scale
+    t = rng.integers(0, src.schedule.num_timesteps, size=len(x0))
+    a, s = (v.astype(np.float32)[:, None, None, None] for v in src.schedule.noise_coefficients(t))
+    xt = a * x0 + s * rng.standard_normal(x0.shape).astype(np.float32)
+    feeds = {"x": np.concatenate([xt, xt]).astype(np.float32), "t": np.concatenate([t, t]).astype(np.int64)}
+    if src.retrieval:
+        ids = np.asarray(open_table(src.db, TABLE).ids[rows])
+        if src.kind == "rdm":
+            nb = src.pipe.edb.embeddings(ids[:, : src.k])
+        else:
+            nb = gather_neighbours(src.db, ids, src.k).reshape(len(x0), src.k, *src.db.block_shape) * scale
+        feeds["neighbours"] = np.concatenate([nb, np.zeros_like(nb)]).astype(np.float32)
+    if src.model["position"]:
+        feeds["position"] = np.tile(np.arange(src.model["num_blocks"], dtype=np.int64), 2 * n)
+    return feeds
+
+
+def real_latents(src: ExportSource, n: int, seed: int) -> np.ndarray:
+    """Unscaled real latents (n, c, h, w) for the decoder's parity check."""
+    rows = np.random.default_rng(seed).choice(src.db.rows, size=n, replace=False)
+    if src.kind == "rdm":
+        lat = src.pipe.edb.latents(rows)
+    else:
+        lat = merge_blocks(src.db.blocks(rows), src.db.grid)
+    return np.ascontiguousarray(lat).astype(np.float32)
