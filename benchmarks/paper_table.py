@@ -1,16 +1,19 @@
 """RISSOLE's Table 1 re-measured on Fashion-MNIST 32 x 32: the ablations, the LDM baseline, grids and k.
 
-Every row is the same config (configs/rissole/fmnist_g2.yaml) with the same optimizer steps,
-batch size and learning rate; rows differ only by the flags in ROWS. Three stages, each
+Every RISSOLE row is the same config (configs/rissole/fmnist_g2.yaml) with the same optimizer
+steps, batch size and learning rate; rows differ only by the flags in ROWS. The seed-000 heads
+(RDM, RARM) train from their own configs with the same steps, batch size and learning rate on
+half of the training split (the other half is their database, as in the paper). Four stages, each
 resumable, so the table can be built over several sessions:
 
     python -m benchmarks.paper_table train [--rows ...]   # runs/paper/<row>/ (resumes a partial run)
-    python -m benchmarks.paper_table eval  [--rows ...]   # N samples per seed: FID, KID, seams, copies, timing
+    python -m benchmarks.paper_table eval  [--rows ...]   # N samples per seed: FID, KID, seams, copies
+    python -m benchmarks.paper_table timing               # ms/image of every row, side by side, idle machine
     python -m benchmarks.paper_table report               # benchmarks/results/paper_table.json + README table
 
 Training runs on one thread each (OMP_NUM_THREADS=1), so two queues (`--rows` split by hand) use
-both cores; wall time is summed over invocations. Sampling time per image is measured on one
-thread with DDIM-50 (the FID samples) and DDPM-1000 (a smaller batch, same network).
+both cores; wall time is summed over invocations. Sampling time per image is measured apart from
+the FID samples, for all rows in one process on one thread, DDIM-50 and DDPM-1000.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "paper"
 RESULTS = ROOT / "benchmarks" / "results" / "paper_table.json"
 BASE_CONFIG = ROOT / "configs" / "rissole" / "fmnist_g2.yaml"
+RDM_CONFIG = ROOT / "configs" / "rdm" / "fmnist_vq.yaml"
+RARM_CONFIG = ROOT / "configs" / "rarm" / "fmnist_vq.yaml"
 # what every row shares: a smaller UNet and a shorter schedule than the shipped model, so a row
 # trains in about 20 minutes on one CPU thread
-COMMON = ["model.model_channels=48", "train.steps=6000", "train.lr=5e-4", "train.ckpt_every=500"]
+TRAIN = ["train.steps=6000", "train.batch_size=64", "train.lr=5e-4", "train.ckpt_every=500"]
+COMMON = ["model.model_channels=48", *TRAIN]
 G2_LATENT_DB = "data.db=runs/db/fmnist-train-g2-latent"  # same latents, neighbour tables made with --keys latent
 G4_DB = "data.db=runs/db/fmnist-train-g4"
-ROWS: dict[str, tuple[str, list[str]]] = {
+ROWS: dict[str, tuple[str, list[str]]] = {  # row: (label, overrides of BASE_CONFIG + COMMON)
     "ldm": ("LDM (g=1, no retrieval)", ["model.grid=1", "model.retrieval=false"]),
     "rissole": ("RISSOLE (key block 0, k=10)", []),
     "rissole-rag": ("RISSOLE-RAG", ["model.retrieval=false"]),
@@ -48,6 +54,22 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "rissole-k20": ("RISSOLE k=20", ["model.k=20"]),
     "rissole-half": ("RISSOLE, half the LDM's parameters", ["model.model_channels=32"]),
 }
+HEAD_KINDS = ("rdm", "rarm")
+HEAD_ROWS: dict[str, tuple[str, Path]] = {  # row: (label, config), trained with TRAIN
+    "rdm": ("RDM (k=4 VQ-latent neighbours, cross-attention)", RDM_CONFIG),
+    "rarm": ("RARM (k=4 VQ-latent neighbours)", RARM_CONFIG),
+}
+ALL_ROWS = [*ROWS, *HEAD_ROWS]
+
+
+def train_argv(row: str) -> list[str]:
+    if row in HEAD_ROWS:
+        return ["--config", str(HEAD_ROWS[row][1]), "--set", *TRAIN]
+    return ["--config", str(BASE_CONFIG), "--set", *COMMON, *ROWS[row][1]]
+
+
+def label(row: str) -> str:
+    return (ROWS.get(row) or HEAD_ROWS[row])[0]
 
 
 def run_dir(row: str) -> Path:
@@ -66,8 +88,7 @@ def train(rows: list[str]) -> None:
         if (out / "final" / "config.yaml").is_file():
             print(f"{row}: finished, skipped")
             continue
-        argv = [sys.executable, "-m", "rissole", "train", "--config", str(BASE_CONFIG), "--out", str(out),
-                "--set", *COMMON, *ROWS[row][1]]
+        argv = [sys.executable, "-m", "rissole", "train", "--out", str(out), *train_argv(row)]
         if (out / "checkpoint").is_dir():
             argv.append("--resume")
         out.mkdir(parents=True, exist_ok=True)
@@ -82,88 +103,135 @@ def train(rows: list[str]) -> None:
             raise SystemExit(f"{row}: training failed (exit {code}); see {out / 'train.log'}")
 
 
+def load_pipeline(row: str) -> Any:
+    """The row's trained pipeline (RISSOLE's or a seed-000 head's), or None before training ends."""
+    ckpt = run_dir(row) / "final"
+    if not (ckpt / "config.yaml").is_file():
+        return None
+    if row in HEAD_ROWS:
+        from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+
+        return NeighbourHeadPipeline.load(ckpt, device="cpu")
+    from rissole.heads.block_pipeline import RissolePipeline
+
+    return RissolePipeline.load(ckpt, device="cpu")
+
+
+def samplers_of(pipe: Any, ddpm: bool) -> list[tuple[str, Any]]:
+    """(name, sampler) pairs a row is evaluated with: DDIM-50 (and DDPM-1000); RARM: its one token loop."""
+    from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
+
+    if getattr(pipe, "kind", None) == "rarm":
+        return [("ddim50", None)]  # the autoregressive head's only sampler, in the DDIM-50 column
+    sched = getattr(pipe, "schedule", None) or NoiseSchedule.from_dict(pipe.config["diffusion"])
+    return [("ddim50", DDIMSampler(sched, 50))] + ([("ddpm1000", DDPMSampler(sched))] if ddpm else [])
+
+
 def sample(pipe: Any, n: int, seed: int, sampler: Any, batch: int) -> tuple[Any, float]:
-    """n uint8 images from pseudo-queries (seeded), in batches; seconds of generation (no decoding excluded)."""
+    """n uint8 images from pseudo-queries (seeded), in batches, and the seconds spent denoising and decoding them."""
     import numpy as np
 
+    from rissole.diffusion.schedule import DDPMSampler
+
     rows = pipe.pseudo_queries(n, 1.0, seed)
-    retrieval = pipe.model.config.retrieval
+    head = getattr(pipe, "kind", None) in HEAD_KINDS
+    retrieval = head or pipe.model.config.retrieval
     out, seconds = [], 0.0
     for s in range(0, n, batch):
         ids = pipe.table_neighbours(rows[s : s + batch]) if retrieval else None
         t0 = time.perf_counter()
-        images, _ = pipe.generate(ids, sampler, n=min(batch, n - s), seed=seed * 100_003 + s)
+        if head:
+            kind = "ddpm" if isinstance(sampler, DDPMSampler) else "ddim"
+            steps = len(sampler) if sampler is not None else 0
+            images, _ = pipe.generate(ids, seed=seed * 100_003 + s, sampler=kind, steps=steps)
+        else:
+            images, _ = pipe.generate(ids, sampler, n=min(batch, n - s), seed=seed * 100_003 + s)
         seconds += time.perf_counter() - t0
         out.append(images)
     return np.concatenate(out), seconds
 
 
-def evaluate_row(row: str, seeds: list[int], n: int, ddpm_n: int, ddpm_fid: bool) -> None:
-    """Per seed: N DDIM-50 samples -> FID, KID, seam score, copy rate, seconds per image; DDPM timing once."""
+def evaluate_row(row: str, seeds: list[int], n: int, ddpm_fid: bool) -> None:
+    """Per seed: N DDIM-50 samples -> FID, KID, seam score, copy rate (and with ddpm_fid, DDPM-1000 for the first seed)."""
     import numpy as np
     import torch
 
     from rissole.data import load_source
-    from rissole.diffusion.schedule import DDIMSampler, DDPMSampler
-    from rissole.heads.block_pipeline import RissolePipeline
     from rissole.metrics import evaluate
     from rissole.metrics.copies import cached_nearest_distinct_pair, copy_rate
     from rissole.metrics.seams import seam_score
 
     torch.set_num_threads(1)
-    ckpt = run_dir(row) / "final"
-    if not (ckpt / "config.yaml").is_file():
+    pipe = load_pipeline(row)
+    if pipe is None:
         print(f"{row}: not trained yet, skipped")
         return
-    pipe = RissolePipeline.load(ckpt, device="cpu")
-    grid = pipe.model.config.grid
+    grid = 1 if row in HEAD_ROWS else pipe.model.config.grid
     real = load_source("fmnist:test", limit=n).images
     train_images = load_source("fmnist:train")
     bar = cached_nearest_distinct_pair(train_images.images, train_images.content_hash())
-    samplers = [("ddim50", DDIMSampler(pipe.schedule, 50), seeds)]
-    if ddpm_fid:
-        samplers.append(("ddpm1000", DDPMSampler(pipe.schedule), seeds[:1]))
-    for name, sampler, which in samplers:
-        for seed in which:
-            path = run_dir(row) / f"eval_{name}_seed{seed}.json"
+    for name, sampler in samplers_of(pipe, ddpm_fid):
+        for seed in seeds if name == "ddim50" else seeds[:1]:
+            path = run_dir(row) / f"eval_{name}_n{n}_seed{seed}.json"
             if path.is_file():
                 continue
-            images, seconds = sample(pipe, n, seed, sampler, batch=250)
-            with atomic_path(run_dir(row) / f"samples_{name}_seed{seed}.npy") as tmp, open(tmp, "wb") as f:
+            images, _ = sample(pipe, n, seed, sampler, batch=250)
+            with atomic_path(run_dir(row) / f"samples_{name}_n{n}_seed{seed}.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, images)
             metrics = evaluate(images, ref="fmnist:test", n=n, with_kid=True)
             grey = images if images.shape[1] == 1 else images.mean(1, keepdims=True).round().astype(np.uint8)
             res = {"row": row, "sampler": name, "seed": seed, "n": n, "fid": metrics["fid"],
                    "kid_mean": metrics["kid_mean"], "kid_std": metrics["kid_std"],
                    "seams": seam_score(grey, real, max(grid, 2)),  # g=1: at the g=2 boundaries, a control
-                   "copies": copy_rate(grey, train_images.images, bar),
-                   "seconds_per_image": seconds / n}
+                   "copies": copy_rate(grey, train_images.images, bar)}
             write_json_atomic(path, res)
-            print(f"{row} {name} seed {seed}: FID {res['fid']:.2f}, {seconds / n * 1e3:.1f} ms/image", flush=True)
-    timing = run_dir(row) / "eval_ddpm_timing.json"
-    if not timing.is_file():
-        _, seconds = sample(pipe, ddpm_n, 0, DDPMSampler(pipe.schedule), batch=ddpm_n)
-        write_json_atomic(timing, {"n": ddpm_n, "seconds_per_image": seconds / ddpm_n})
+            print(f"{row} {name} seed {seed}: FID {res['fid']:.2f}", flush=True)
+
+
+def timing(rows: list[str], n_ddim: int, n_ddpm: int) -> None:
+    """Seconds per image of every trained row, DDIM-50 and DDPM-1000, one thread, side by side in
+    one process (run it on an otherwise idle machine: the FID samples' times are not comparable)."""
+    import torch
+
+    torch.set_num_threads(1)
+    result = read_json(RUNS / "timing.json", {})
+    for row in rows:
+        pipe = load_pipeline(row)
+        if pipe is None:
+            continue
+        (_, ddim_sampler), *rest = samplers_of(pipe, ddpm=True)
+        sample(pipe, 4, 0, ddim_sampler, batch=4)  # warm-up
+        _, ddim = sample(pipe, n_ddim, 0, ddim_sampler, batch=n_ddim)
+        result[row] = {"ddim50_s_per_image": ddim / n_ddim, "n_ddim": n_ddim}
+        if rest:
+            _, ddpm = sample(pipe, n_ddpm, 0, rest[0][1], batch=n_ddpm)
+            result[row].update(ddpm1000_s_per_image=ddpm / n_ddpm, n_ddpm=n_ddpm)
+        print(f"{row}: {result[row]}", flush=True)
+        write_json_atomic(RUNS / "timing.json", result)
 
 
 def report(n: int) -> dict[str, Any]:
     """Gather every row's results into one JSON and a markdown table (rows not yet run are listed as such)."""
+    import importlib
+
     from benchmarks._machine import machine_info
     from rissole.checkpoint import load_checkpoint
-    from rissole.heads.block_train import build_model, parameter_counts
 
     rows = []
-    for row, (label, flags) in ROWS.items():
+    for row in ALL_ROWS:
         d = run_dir(row)
-        entry: dict[str, Any] = {"row": row, "label": label, "flags": flags}
+        entry: dict[str, Any] = {"row": row, "label": label(row), "train_args": train_argv(row)}
         if (d / "final" / "config.yaml").is_file():
-            cfg = load_checkpoint(d / "final").config
-            entry["params"] = parameter_counts(build_model(cfg["model"]))["total"]
+            ckpt = load_checkpoint(d / "final")
+            cfg = ckpt.config
+            train_mod = importlib.import_module(f"rissole.heads.{ckpt.kind}_train" if row in HEAD_ROWS
+                                                else "rissole.heads.block_train")
+            entry["params"] = train_mod.parameter_counts(train_mod.build_model(cfg["model"]))["total"]
             entry["train_seconds"] = read_json(d / "wall.json", {}).get("seconds")
             entry["steps"], entry["batch_size"] = cfg["train"]["steps"], cfg["train"]["batch_size"]
-        entry["ddim50"] = [read_json(p) for p in sorted(d.glob("eval_ddim50_seed*.json"))]
-        entry["ddpm1000"] = [read_json(p) for p in sorted(d.glob("eval_ddpm1000_seed*.json"))]
-        entry["ddpm_timing"] = read_json(d / "eval_ddpm_timing.json")
+        entry["ddim50"] = [read_json(p) for p in sorted(d.glob(f"eval_ddim50_n{n}_seed*.json"))]
+        entry["ddpm1000"] = [read_json(p) for p in sorted(d.glob(f"eval_ddpm1000_n{n}_seed*.json"))]
+        entry["timing"] = read_json(RUNS / "timing.json", {}).get(row)
         rows.append(entry)
     result = {"benchmark": "paper_table", "machine": machine_info(), "n": n, "common": COMMON,
               "base_config": str(BASE_CONFIG.relative_to(ROOT)), "rows": rows}
@@ -197,29 +265,32 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             fmt(seams, 3) if seams else "-",
             fmt([e["copies"]["copy_rate"] for e in ev], 4),
             f"{r['train_seconds'] / 60:.0f}" if r.get("train_seconds") else "-",
-            fmt([ev[0]["seconds_per_image"] * 1e3], 1) if ev else "-",
-            fmt([r["ddpm_timing"]["seconds_per_image"] * 1e3], 0) if r.get("ddpm_timing") else "-",
+            fmt([r["timing"]["ddim50_s_per_image"] * 1e3], 1) if r.get("timing") else "-",
+            fmt([r["timing"]["ddpm1000_s_per_image"] * 1e3], 0) if "ddpm1000_s_per_image" in (r.get("timing") or {}) else "-",
         ]) + " |")
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=("train", "eval", "report"))
-    ap.add_argument("--rows", nargs="*", default=list(ROWS), help=f"rows to run (default all): {', '.join(ROWS)}")
+    ap.add_argument("stage", choices=("train", "eval", "timing", "report"))
+    ap.add_argument("--rows", nargs="*", default=ALL_ROWS, help=f"rows to run (default all): {', '.join(ALL_ROWS)}")
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1], help="sampling seeds")
     ap.add_argument("-n", type=int, default=2000, help="samples per seed for FID / KID / seams / copies")
-    ap.add_argument("--ddpm-n", type=int, default=16, help="images for the DDPM-1000 timing")
+    ap.add_argument("--timing-n", type=int, nargs=2, default=[64, 8], metavar=("DDIM", "DDPM"),
+                    help="images timed with DDIM-50 and with DDPM-1000 (timing stage)")
     ap.add_argument("--ddpm-fid", action="store_true", help="also FID with DDPM-1000 (first seed; ~20x the DDIM time)")
     args = ap.parse_args()
-    unknown = set(args.rows) - set(ROWS)
+    unknown = set(args.rows) - set(ALL_ROWS)
     if unknown:
-        ap.error(f"unknown rows {sorted(unknown)}; known: {', '.join(ROWS)}")
+        ap.error(f"unknown rows {sorted(unknown)}; known: {', '.join(ALL_ROWS)}")
     if args.stage == "train":
         train(args.rows)
     elif args.stage == "eval":
         for row in args.rows:
-            evaluate_row(row, args.seeds, args.n, args.ddpm_n, args.ddpm_fid)
+            evaluate_row(row, args.seeds, args.n, args.ddpm_fid)
+    elif args.stage == "timing":
+        timing(args.rows, *args.timing_n)
     else:
         report(args.n)
     return 0
