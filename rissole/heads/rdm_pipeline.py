@@ -13,6 +13,7 @@ p_D and its vectors are used from then on.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -151,6 +152,23 @@ class NeighbourHeadPipeline:
         codes = sample_codes(self.model, nb, gen, guidance, top_k, temperature, cache=True, progress=progress)
         _, h, w = self.vqgan.config.latent_shape
         return self.decode_codes(codes, h, w), codes.cpu()
+
+    def sample(self, n: int, top_m: float = 1.0, seed: int = 0, guidance: float = 1.0, sampler: str = "ddim",
+               steps: int = 50, batch: int = 250, top_k: int = 0, temperature: float = 1.0,
+               progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, float]:
+        """n uint8 images from n pseudo-queries (p_D, top-m, seeded), `batch` at a time, and the seconds spent
+        in `generate`. Batch b starting at image s uses noise seed `seed * 100_003 + s`, as the paper table's
+        eval does (benchmarks/paper_table.py), so top_m=1, guidance=1 reproduces its samples."""
+        rows = self.pseudo_queries(n, top_m, seed)
+        out, seconds = [], 0.0
+        for s in range(0, n, batch):
+            ids = self.table_neighbours(rows[s : s + batch])
+            t0 = time.perf_counter()
+            images, _ = self.generate(ids, seed=seed * 100_003 + s, guidance=guidance, sampler=sampler, steps=steps,
+                                      top_k=top_k, temperature=temperature, progress=progress)
+            seconds += time.perf_counter() - t0
+            out.append(images)
+        return np.concatenate(out), seconds
 
     def num_steps(self, sampler: str = "ddim", steps: int = 100, eta: float = 0.0) -> int:
         """Network calls of one `generate` (for a progress bar)."""
