@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import os
 import re
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
@@ -64,3 +65,21 @@ def require(section: dict[str, Any], name: str, keys: list[str]) -> None:
     missing = [k for k in keys if k not in section]
     if missing:
         raise ConfigError(f"config section {name!r} is missing {missing}.")
+
+
+class ModelConfig:
+    """Base of the model config dataclasses: built from a YAML mapping with unknown keys refused
+    (a typo would otherwise silently train the default), and written back as a plain dict."""
+
+    what = "model"  # how the error names the section
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown {cls.what} keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]

@@ -13,19 +13,19 @@ baseline).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rissole.config import ModelConfig
 from rissole.errors import ConfigError
 from rissole.models.layers import Downsample, ResBlock, SelfAttention, Upsample, group_norm, timestep_embedding
 
 
 @dataclass
-class BlockDenoiserConfig:
+class BlockDenoiserConfig(ModelConfig):
     latent_channels: int = 10
     latent_size: int = 8  # h = w of the whole latent
     grid: int = 2  # g: b = g*g blocks
@@ -68,16 +68,6 @@ class BlockDenoiserConfig:
     @property
     def num_blocks(self) -> int:
         return self.grid * self.grid
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "BlockDenoiserConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown model keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class BlockDenoiser(nn.Module):

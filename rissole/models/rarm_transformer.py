@@ -12,8 +12,7 @@ calls instead of recomputing the whole prefix at every position.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -38,16 +37,6 @@ class RARMConfig(NeighbourConditioning):
             raise ConfigError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.k < 1:
             raise ConfigError(f"k must be >= 1, found {self.k}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RARMConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown model keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class DecoderBlock(nn.Module):

@@ -11,13 +11,14 @@ rissole.models.layers. `attention_resolutions` are downsampling factors, as in l
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rissole.config import ModelConfig
 from rissole.embeddings.base import EmbeddingSpec
 from rissole.errors import ConfigError
 from rissole.models.layers import Downsample, ResBlock, SpatialTransformer, Upsample, group_norm, timestep_embedding
@@ -25,7 +26,7 @@ from rissole.models.neighbour_context import NeighbourContext
 
 
 @dataclass
-class NeighbourConditioning:
+class NeighbourConditioning(ModelConfig):
     """The conditioning part of an RDM / RARM config: how many neighbours, of which embedding."""
 
     k: int = 4  # k_train: neighbours per training sample (the paper's main RDM: 4)
@@ -63,16 +64,6 @@ class RDMUNetConfig(NeighbourConditioning):
             raise ConfigError(f"attention_resolutions {bad} are not downsampling factors of this UNet ({levels}).")
         if self.k < 1:
             raise ConfigError(f"k must be >= 1, found {self.k}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RDMUNetConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown model keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class RDMUNet(nn.Module):
