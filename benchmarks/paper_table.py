@@ -133,19 +133,15 @@ def sample(pipe: Any, n: int, seed: int, sampler: Any, batch: int) -> tuple[Any,
 
     from rissole.diffusion.schedule import DDPMSampler
 
+    if getattr(pipe, "kind", None) in HEAD_KINDS:  # RDM / RARM: the pipeline's own batched sampler, same seeds
+        kind = "ddpm" if isinstance(sampler, DDPMSampler) else "ddim"
+        return pipe.sample(n, 1.0, seed, sampler=kind, steps=len(sampler) if sampler is not None else 0, batch=batch)
     rows = pipe.pseudo_queries(n, 1.0, seed)
-    head = getattr(pipe, "kind", None) in HEAD_KINDS
-    retrieval = head or pipe.model.config.retrieval
     out, seconds = [], 0.0
     for s in range(0, n, batch):
-        ids = pipe.table_neighbours(rows[s : s + batch]) if retrieval else None
+        ids = pipe.table_neighbours(rows[s : s + batch]) if pipe.model.config.retrieval else None
         t0 = time.perf_counter()
-        if head:
-            kind = "ddpm" if isinstance(sampler, DDPMSampler) else "ddim"
-            steps = len(sampler) if sampler is not None else 0
-            images, _ = pipe.generate(ids, seed=seed * 100_003 + s, sampler=kind, steps=steps)
-        else:
-            images, _ = pipe.generate(ids, sampler, n=min(batch, n - s), seed=seed * 100_003 + s)
+        images, _ = pipe.generate(ids, sampler, n=min(batch, n - s), seed=seed * 100_003 + s)
         seconds += time.perf_counter() - t0
         out.append(images)
     return np.concatenate(out), seconds
