@@ -4,7 +4,10 @@ Same network, same neighbours, same noise, measured side by side in one process:
   - one image at a time (the device case) and 64 images at a time,
   - order "parallel" (b blocks folded into the batch, one call per step) vs "block_by_block"
     (one call per block position per step, what the authors' public code does),
-  - DDIM-50 vs DDPM-1000 (network calls per image and seconds per image).
+  - DDIM-50 vs DDPM-1000 (network calls per image and seconds per image),
+  - the bare network at batch n*b vs n: b * t(n) / t(n*b) is the most that folding blocks into
+    the batch can gain (close to b where a larger batch is nearly free, as on a GPU; on CPU
+    threads convolution time grows with the batch, so the ceiling is lower).
 
     python -m benchmarks.block_sampling            # writes benchmarks/results/block_sampling.json
 """
@@ -12,6 +15,7 @@ Same network, same neighbours, same noise, measured side by side in one process:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,7 +60,8 @@ def main() -> int:
     nb_all = torch.from_numpy(gather_neighbours(pipe.db, pipe.table_neighbours(rows), pipe.k) * scale)
     ddim = DDIMSampler(pipe.schedule, 50)
     result: dict[str, object] = {"benchmark": "block_sampling", "machine": machine_info(), "checkpoint": args.ckpt,
-                                 "blocks": b, "threads": args.threads}
+                                 "blocks": b, "threads": args.threads,
+                                 "load_average_at_start": os.getloadavg()}  # > 0 means other processes competed
     for n in (1, 64):
         nb = nb_all[:n]
         run = lambda order, sampler=ddim: sample_blocks(model, sampler, nb, n, torch.Generator().manual_seed(0),  # noqa: E731
@@ -64,12 +69,20 @@ def main() -> int:
         par = timed(lambda: run("parallel"), args.repeats)
         seq = timed(lambda: run("block_by_block"), args.repeats)
         same = float((run("parallel") - run("block_by_block")).abs().max())
+        c, sz = model.config.latent_channels, model.config.block_size
+        def net(m: int) -> None:  # noqa: E306 - one denoiser call on m blocks
+            with torch.no_grad():
+                model(torch.randn(m, c, sz, sz), torch.zeros(m, dtype=torch.long), nb.flatten(0, 1)[:m].repeat(-(-m // (n * b)), 1, 1, 1, 1)[:m])
+        t_n, t_nb = timed(lambda: [net(n) for _ in range(20)], args.repeats), timed(lambda: [net(n * b) for _ in range(20)], args.repeats)
         result[f"n{n}"] = {
             "ddim50_parallel_s_per_image": par / n,
             "ddim50_block_by_block_s_per_image": seq / n,
             "speedup_parallel": seq / par,
             "speedup_over_b": seq / par / b,
             "max_abs_latent_difference": same,
+            "network_ms_batch_n": t_n / 20 * 1e3,
+            "network_ms_batch_n_times_b": t_nb / 20 * 1e3,
+            "ceiling_b_t_n_over_t_nb": b * t_n / t_nb,
         }
         print(n, result[f"n{n}"], flush=True)
     ddpm_n = 8
