@@ -80,6 +80,25 @@ def read_json(path: Path, default: Any = None) -> Any:
     return json.loads(path.read_text()) if path.is_file() else default
 
 
+def training_seconds(log_csv: Path) -> tuple[float, int]:
+    """Training wall time summed over the invocations in a run's log.csv, and their number.
+
+    The `seconds` column restarts at every (resumed) invocation, so each invocation contributes
+    its last value. A resume truncates the log to its checkpoint, so this is the time of the steps
+    the model kept; steps lost with a killed invocation are not counted. (wall.json misses an
+    invocation killed before it ended, e.g. at the end of a session.)"""
+    import csv
+
+    total, last, runs = 0.0, -1.0, 0
+    with open(log_csv) as f:
+        for rec in csv.DictReader(f):
+            sec = float(rec["seconds"])
+            if sec < last:
+                total, runs = total + last, runs + 1
+            last = sec
+    return total + max(last, 0.0), runs + 1
+
+
 def train(rows: list[str]) -> None:
     """Train each row not yet finished; a row with a checkpoint resumes; wall time accumulates."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -223,7 +242,7 @@ def report(n: int) -> dict[str, Any]:
             train_mod = importlib.import_module(f"rissole.heads.{ckpt.kind}_train" if row in HEAD_ROWS
                                                 else "rissole.heads.block_train")
             entry["params"] = train_mod.parameter_counts(train_mod.build_model(cfg["model"]))["total"]
-            entry["train_seconds"] = read_json(d / "wall.json", {}).get("seconds")
+            entry["train_seconds"], entry["train_invocations"] = training_seconds(d / "log.csv")
             entry["steps"], entry["batch_size"] = cfg["train"]["steps"], cfg["train"]["batch_size"]
         entry["ddim50"] = [read_json(p) for p in sorted(d.glob(f"eval_ddim50_n{n}_seed*.json"))]
         entry["ddpm1000"] = [read_json(p) for p in sorted(d.glob(f"eval_ddpm1000_n{n}_seed*.json"))]
