@@ -15,14 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rissole.embeddings.store import open_embedding_database
 from rissole.errors import DataError
 from rissole.heads.rarm_codes import code_indices, vqgan_codebook
-from rissole.heads.rdm_data import NeighbourBatcher, resolve_path
-from rissole.heads.trainer import COMMON_DEFAULTS, HeadTrainer, train_head
+from rissole.heads.rdm_data import resolve_path
+from rissole.heads.rdm_train import NeighbourHeadTrainer
+from rissole.heads.trainer import COMMON_DEFAULTS, train_head
 from rissole.models.params import used_parameters
 from rissole.models.rarm_transformer import RARMConfig, RARMTransformer
-from rissole.retrieval.neighbours import open_table
 
 KIND = "rarm"
 
@@ -40,7 +39,7 @@ def parameter_counts(model: RARMTransformer) -> dict[str, int]:
     return used_parameters(model, lambda: model(tokens, nb))
 
 
-class RARMTrainer(HeadTrainer):
+class RARMTrainer(NeighbourHeadTrainer):
     kind = KIND
     defaults = COMMON_DEFAULTS
 
@@ -55,9 +54,7 @@ class RARMTrainer(HeadTrainer):
         from rissole.paths import REPO_ROOT, SHIPPED_VQGAN
 
         config, dc, mc = self.config, self.config["data"], self.model.config
-        edb = open_embedding_database(dc["db"])
-        table = open_table(edb.db, dc.get("table", "train"))
-        self.batcher = NeighbourBatcher(edb, table, mc.embedding_spec(), mc.k, "the config")
+        edb = self.open_batcher()
         vq_path = str(resolve_path(dc.get("vqgan") or str(SHIPPED_VQGAN), REPO_ROOT))
         vq_hash = load_checkpoint(vq_path).weights_hash()
         if vq_hash != edb.db.checkpoint_hash:
@@ -72,9 +69,6 @@ class RARMTrainer(HeadTrainer):
         if codebook.shape[0] != mc.vocab_size:
             raise DataError(f"{vq_path}: {codebook.shape[0]} codes, the config says model.vocab_size = {mc.vocab_size}.")
         self.codes = torch.from_numpy(code_indices(self.batcher.all_latents(), codebook))
-
-    def num_rows(self) -> int:
-        return len(self.batcher)
 
     def loss(self, ids: np.ndarray) -> torch.Tensor:
         codes = self.codes[torch.from_numpy(np.asarray(ids))].to(self.device)

@@ -15,7 +15,7 @@ import torch
 
 from rissole.checkpoint import Checkpoint
 from rissole.diffusion.schedule import NoiseSchedule
-from rissole.embeddings.store import open_embedding_database
+from rissole.embeddings.store import EmbeddingDatabase, open_embedding_database
 from rissole.errors import DataError
 from rissole.heads.rdm_data import NeighbourBatcher, latents_std
 from rissole.heads.rdm_loss import RDMLoss
@@ -40,7 +40,22 @@ def parameter_counts(model: RDMUNet) -> dict[str, int]:
     return used_parameters(model, lambda: model(x, torch.zeros(2, dtype=torch.long, device=dev), nb))
 
 
-class RDMTrainer(HeadTrainer):
+class NeighbourHeadTrainer(HeadTrainer):
+    """What RDM and RARM training share: training rows and their neighbours' embeddings from an
+    embedding database and its table (data.db, data.table)."""
+
+    def open_batcher(self) -> EmbeddingDatabase:
+        dc, mc = self.config["data"], self.model.config
+        edb = open_embedding_database(dc["db"])
+        table = open_table(edb.db, dc.get("table", "train"))
+        self.batcher = NeighbourBatcher(edb, table, mc.embedding_spec(), mc.k, "the config")
+        return edb
+
+    def num_rows(self) -> int:
+        return len(self.batcher)
+
+
+class RDMTrainer(NeighbourHeadTrainer):
     kind = KIND
     defaults = COMMON_DEFAULTS
 
@@ -51,10 +66,8 @@ class RDMTrainer(HeadTrainer):
         return parameter_counts(self.model)
 
     def setup_data(self) -> None:
-        config, dc, mc = self.config, self.config["data"], self.model.config
-        edb = open_embedding_database(dc["db"])
-        table = open_table(edb.db, dc.get("table", "train"))
-        self.batcher = NeighbourBatcher(edb, table, mc.embedding_spec(), mc.k, "the config")
+        config, mc = self.config, self.model.config
+        edb = self.open_batcher()
         shape = tuple(self.batcher.latents_file.array.shape[1:])
         if shape != (mc.latent_channels, mc.latent_size, mc.latent_size):
             raise DataError(f"{self.batcher.latents_file.path}: latents {list(shape)}, the config expects "
@@ -68,9 +81,6 @@ class RDMTrainer(HeadTrainer):
         self.schedule = NoiseSchedule.from_dict(config.get("diffusion", {}))
         config["diffusion"] = self.schedule.to_dict()
         self.loss_fn = RDMLoss(self.schedule, self.tc["cond_dropout"])
-
-    def num_rows(self) -> int:
-        return len(self.batcher)
 
     def on_resume(self, ckpt: Checkpoint) -> None:
         self.config["scale_factor"] = ckpt.config["scale_factor"]
