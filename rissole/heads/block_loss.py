@@ -11,16 +11,14 @@ from __future__ import annotations
 import torch
 
 from rissole.diffusion.schedule import NoiseSchedule
+from rissole.diffusion.training import ForwardNoising
 from rissole.heads.block_batches import BlockBatch
 from rissole.models.block_unet import BlockDenoiser
 
 
 class BlockDiffusionLoss:
     def __init__(self, schedule: NoiseSchedule, cond_dropout: float = 0.1) -> None:
-        a, s = schedule.noise_coefficients(range(schedule.num_timesteps))
-        self.sqrt_ab = torch.as_tensor(a, dtype=torch.float32)
-        self.sqrt_1m_ab = torch.as_tensor(s, dtype=torch.float32)
-        self.T = schedule.num_timesteps
+        self.noising = ForwardNoising(schedule)
         self.cond_dropout = cond_dropout
 
     def dropped(self, images: int, generator: torch.Generator) -> torch.Tensor:
@@ -29,18 +27,12 @@ class BlockDiffusionLoss:
 
     def __call__(self, model: BlockDenoiser, batch: BlockBatch, generator: torch.Generator) -> torch.Tensor:
         dev = batch.x0.device
-        n = batch.x0.shape[0]
-        b = n // batch.images
-        t = torch.randint(0, self.T, (n,), generator=generator)
-        eps = torch.randn(batch.x0.shape, generator=generator).to(dev)
-        drop = self.dropped(batch.images, generator).repeat_interleave(b).to(dev)
-        a = self.sqrt_ab[t].to(dev).view(-1, 1, 1, 1)
-        s = self.sqrt_1m_ab[t].to(dev).view(-1, 1, 1, 1)
-        xt = a * batch.x0 + s * eps
+        b = batch.x0.shape[0] // batch.images
         cfg = model.config
+        xt, t, target = self.noising(batch.x0, cfg.prediction, generator)
+        drop = self.dropped(batch.images, generator).repeat_interleave(b).to(dev)
         neighbours = batch.neighbours.masked_fill(drop.view(-1, 1, 1, 1, 1), 0.0) if batch.neighbours is not None else None
-        pred = model(xt, t.to(dev), neighbours, batch.positions.to(dev) if cfg.position else None,
+        pred = model(xt, t, neighbours, batch.positions.to(dev) if cfg.position else None,
                      batch.previous if cfg.previous_block else None)
-        target = eps if cfg.prediction == "eps" else a * eps - s * batch.x0
         per_block = ((pred - target) ** 2).mean(dim=(1, 2, 3))
         return per_block.view(batch.images, b).sum(1).mean()

@@ -1,0 +1,28 @@
+"""The forward process at training time, shared by every diffusion head (RISSOLE blocks, RDM latents):
+one timestep per sample, x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, and the regression target of the
+model's parametrisation (eps, or v = sqrt(ab) eps - sqrt(1 - ab) x0)."""
+
+from __future__ import annotations
+
+import torch
+
+from rissole.diffusion.schedule import NoiseSchedule
+
+
+class ForwardNoising:
+    def __init__(self, schedule: NoiseSchedule) -> None:
+        a, s = schedule.noise_coefficients(range(schedule.num_timesteps))
+        self.sqrt_ab = torch.as_tensor(a, dtype=torch.float32)
+        self.sqrt_1m_ab = torch.as_tensor(s, dtype=torch.float32)
+        self.T = schedule.num_timesteps
+
+    def __call__(self, x0: torch.Tensor, prediction: str, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t on x0's device, target) for x0 (n, c, h, w); draws t then eps from `generator` (CPU)."""
+        dev, n = x0.device, x0.shape[0]
+        t = torch.randint(0, self.T, (n,), generator=generator)
+        eps = torch.randn(x0.shape, generator=generator).to(dev)
+        a = self.sqrt_ab[t].to(dev).view(-1, 1, 1, 1)
+        s = self.sqrt_1m_ab[t].to(dev).view(-1, 1, 1, 1)
+        target = eps if prediction == "eps" else a * eps - s * x0
+        return a * x0 + s * eps, t.to(dev), target
