@@ -31,16 +31,6 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return ((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).round().astype(np.uint8)
 
 
-def gather_embeddings(db: BlockDatabase, neighbour_ids: np.ndarray, k: int) -> np.ndarray:
-    """float32 (n, k, d): the first k neighbours' rows of an embedding database (grid 1), read from the memmap
-    exactly as EmbeddingDatabase.embeddings reads them (that class cannot be used here: rissole.embeddings
-    imports torch)."""
-    ids = np.asarray(neighbour_ids, dtype=np.int64)[:, :k]
-    if ids.size and (ids.min() < 0 or ids.max() >= db.rows):
-        raise IndexError(f"{db.path}: row ids must lie in [0, {db.rows}), found {ids.min()}..{ids.max()}")
-    return np.take(db.array[0], ids.ravel(), axis=0).astype(np.float32).reshape(*ids.shape, db.dim)
-
-
 @dataclass
 class Timings:
     denoise_s: float = 0.0
@@ -72,7 +62,7 @@ class EdgeSampler:
         rdm: the k neighbours' unit embeddings as the one block's conditioning (n, 1, k, d), unscaled."""
         ids = np.asarray(self.bundle.neighbour_ids[np.asarray(rows)])
         if self.bundle.kind == "rdm":
-            return gather_embeddings(self.bundle.db, ids, self.bundle.k)[:, None]
+            return self.bundle.db.vectors(ids[:, : self.bundle.k])[:, None]
         return gather_neighbours(self.bundle.db, ids, self.bundle.k) * np.float32(self.bundle.scale_factor)
 
     def initial_noise(self, n: int, seed: int = 0) -> np.ndarray:

@@ -106,6 +106,8 @@ def test_database_rows_are_the_latent_blocks(db, latents: dict[str, Path]) -> No
     np.testing.assert_array_equal(db.labels(), np.load(latents["train"].with_suffix(".labels.npy")))
     with pytest.raises(IndexError):
         db.blocks([N_ROWS])
+    with pytest.raises(DataError, match="one-block"):  # vectors() is for embedding databases only
+        db.vectors(ids)
 
 
 def test_float16_database(latents: dict[str, Path], tmp_path: Path) -> None:

@@ -140,10 +140,7 @@ class EmbeddingDatabase:
 
     def embeddings(self, ids: np.ndarray) -> np.ndarray:
         """float32 ids.shape + (d,): the stored unit vectors of database rows, read from the memmap."""
-        ids = np.asarray(ids, dtype=np.int64)
-        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
-            raise IndexError(f"{self.path}: row ids must lie in [0, {len(self)}), found {ids.min()}..{ids.max()}")
-        return np.take(self.db.array[0], ids.ravel(), axis=0).astype(np.float32).reshape(*ids.shape, self.spec.dim)
+        return self.db.vectors(ids)
 
     def source_latents(self) -> Latents:
         return _open_source(self.info["latents"], self.path)

@@ -93,6 +93,17 @@ class BlockDatabase:
         out = rearrange(rows, "b n (c h w) -> n b c h w", c=c, h=h, w=w)
         return np.ascontiguousarray(out).reshape(*ids.shape, self.num_blocks, c, h, w)
 
+    def vectors(self, ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """float32 ids.shape + (d,): rows of a one-block database as flat vectors (an embedding database),
+        read from the memmap. Numpy only, so the edge runtime gathers RDM conditioning this way too."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.num_blocks != 1:
+            raise DataError(f"{self.path}: vectors() reads one-block (embedding) databases, this one has "
+                            f"{self.num_blocks} blocks per row.")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.rows):
+            raise IndexError(f"{self.path}: row ids must lie in [0, {self.rows}), found {ids.min()}..{ids.max()}")
+        return np.take(self.array[0], ids.ravel(), axis=0).astype(np.float32).reshape(*ids.shape, self.dim)
+
     def labels(self) -> np.ndarray | None:
         name = self.manifest.get("labels")
         return np.load(self.path / name) if name else None
