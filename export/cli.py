@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rissole.errors import RissoleError
+from rissole.errors import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,15 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except RissoleError as exc:
-        print(f"rissole-export: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rissole-export: interrupted; nothing half-written is left (the bundle is swapped in atomically).",
-              file=sys.stderr)
-        return 130
+    return run_command("rissole-export", lambda: run(args),
+                       "nothing half-written is left (the bundle is swapped in atomically).")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from rissole.errors import RissoleError
+from rissole.errors import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,14 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except RissoleError as exc:
-        print(f"rissole-run: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rissole-run: interrupted.", file=sys.stderr)
-        return 130
+    return run_command("rissole-run", lambda: run(args), "the output grid is written atomically, never half.")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from rissole.diffusion.loop import denoise
 from rissole.diffusion.schedule import DDIMSampler
 from rissole.errors import RissoleError
 from rissole.retrieval.blocks import merge_blocks
-from rissole.retrieval.database import BlockDatabase, gather_neighbours
+from rissole.retrieval.database import gather_neighbours
 from rissole.retrieval.proposal import PseudoQuerySampler
 from rissole_runtime.bundle import DECODER, DENOISER, Bundle
 from rissole_runtime.session import check_inputs, open_session, providers_for, used_provider

@@ -201,9 +201,13 @@ def test_sample_cli_writes_grids_and_is_reproducible(dbs: dict[str, Path], tmp_p
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # the same samples, whichever order the blocks run in
     with Image.open(tmp_path / "fig.png") as im:
         assert im.size[0] > im.size[1]  # rows of query | 4 neighbours | sample
+        fig_size = im.size
     query = tmp_path / "q.png"
     Image.fromarray(np.load(tmp_path / "a.npy")[0, 0]).save(query)
-    assert main([*common, "--out", str(tmp_path / "c.png"), "--query", str(query)]) == 0
+    assert main([*common, "--out", str(tmp_path / "c.png"), "--query", str(query),
+                 "--show-retrieval", str(tmp_path / "fig_q.png")]) == 0
+    with Image.open(tmp_path / "fig_q.png") as im:  # the user's image (cycled) stands where the pseudo-query stood
+        assert im.size == fig_size
     assert main([*common, "--out", str(tmp_path / "d.png"), "--db", str(dbs["g4"])]) == 2  # grid mismatch: clear error
 
 

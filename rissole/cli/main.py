@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from rissole.errors import RissoleError
+from rissole.errors import run_command
 
 # Each module defines register(subparsers) and sets `func` on the parsers it adds.
 COMMAND_MODULES = (
@@ -41,14 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except RissoleError as exc:
-        print(f"rissole: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rissole: interrupted; files already on disk are complete (written atomically).", file=sys.stderr)
-        return 130
+    return run_command("rissole", lambda: args.func(args),
+                       "files already on disk are complete (written atomically).")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,8 @@ import numpy as np
 def sample_neighbour_head(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from rissole.fileio import atomic_path
+    from rissole.cli.sample_files import write_sample_files
     from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
-    from rissole.images import save_grid
 
     pipe = NeighbourHeadPipeline.load(args.ckpt, database=args.db, vqgan=args.vqgan, device=args.device)
     k = args.k or pipe.k
@@ -33,17 +32,7 @@ def sample_neighbour_head(args: argparse.Namespace) -> int:
                            eta=args.eta, top_k=args.top_k, temperature=args.temperature, progress=lambda i: bar.update(1))
     bar.close()
     dt = time.perf_counter() - t0
-    save_grid(out, args.out, nrow=int(np.ceil(np.sqrt(args.n))))
-    if args.npy:
-        with atomic_path(args.npy) as tmp, open(tmp, "wb") as f:
-            np.save(f, out)
-    if args.show_retrieval:
-        shown = min(args.n, 8)
-        nbrs = pipe.rows_as_images(ids[:shown])  # (r, k, C, H, W)
-        query = pipe.rows_as_images(rows[:shown]) if rows is not None else images[np.arange(shown) % len(images)]
-        blank = np.full_like(query, 255)
-        grid = np.concatenate([query[:, None], blank[:, None], nbrs, blank[:, None], out[:shown, None]], axis=1)
-        save_grid(grid.reshape(-1, *grid.shape[2:]), args.show_retrieval, nrow=grid.shape[1])
+    write_sample_files(args, pipe, out, ids, rows, images)
     how = f"{args.sampler} {pipe.num_steps(args.sampler, args.steps, args.eta)} steps" if pipe.kind == "rdm" else \
         f"top-k {args.top_k or 'all'}, temperature {args.temperature}"
     print(f"wrote {args.out}: {args.n} {pipe.kind} samples ({how}, k = {k}, guidance {args.guidance}, top-m {args.top_m}, "

@@ -79,10 +79,9 @@ def _sample(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from rissole.cli.sample_files import write_sample_files
     from rissole.diffusion.schedule import DDIMSampler, DDPMSampler
-    from rissole.fileio import atomic_path
     from rissole.heads.block_pipeline import RissolePipeline
-    from rissole.images import save_grid
     from rissole.paths import SHIPPED_RISSOLE, ensure_shipped_database
 
     if args.ckpt is None:
@@ -97,7 +96,7 @@ def _sample(args: argparse.Namespace) -> int:
     pipe = RissolePipeline.load(args.ckpt, db=args.db, vqgan=args.vqgan, device=args.device)
     sched = pipe.schedule
     sampler = DDPMSampler(sched) if args.sampler == "ddpm" else DDIMSampler(sched, args.steps, args.eta)
-    rows = None
+    rows, images = None, None
     if args.query:
         from rissole.data import ImageFolder
 
@@ -113,17 +112,7 @@ def _sample(args: argparse.Namespace) -> int:
                            progress=lambda i: bar.update(1))
     bar.close()
     dt = time.perf_counter() - t0
-    save_grid(out, args.out, nrow=int(np.ceil(np.sqrt(args.n))))
-    if args.npy:
-        with atomic_path(args.npy) as tmp, open(tmp, "wb") as f:
-            np.save(f, out)
-    if args.show_retrieval and ids is not None:
-        rows_shown = min(args.n, 8)
-        nbrs = pipe.rows_as_images(ids[:rows_shown])  # (r, k, C, H, W)
-        query = pipe.rows_as_images(rows[:rows_shown]) if rows is not None else images[np.arange(rows_shown) % len(images)]
-        blank = np.full_like(query, 255)
-        grid = np.concatenate([query[:, None], blank[:, None], nbrs, blank[:, None], out[:rows_shown, None]], axis=1)
-        save_grid(grid.reshape(-1, *grid.shape[2:]), args.show_retrieval, nrow=grid.shape[1])
+    write_sample_files(args, pipe, out, ids, rows, images)
     print(f"wrote {args.out}: {args.n} samples, {args.sampler} {len(sampler)} steps, {dt:.1f} s ({dt / args.n * 1e3:.0f} ms/image)")
     return 0
 
