@@ -49,7 +49,8 @@ def main() -> int:
     from rissole.diffusion.schedule import DDIMSampler, DDPMSampler
     from rissole.fileio import write_json_atomic
     from rissole.heads.block_pipeline import RissolePipeline
-    from rissole.heads.block_sampling import gather_neighbours, sample_blocks
+    from rissole.heads.block_sampling import sample_blocks
+    from rissole.retrieval.database import gather_neighbours
     from rissole.paths import ensure_shipped_database
 
     ensure_shipped_database()

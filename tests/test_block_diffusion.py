@@ -14,7 +14,8 @@ from rissole.diffusion.schedule import DDIMSampler, NoiseSchedule
 from rissole.errors import CheckpointError, ConfigError, DataError
 from rissole.heads.block_batches import BlockBatcher
 from rissole.heads.block_loss import BlockDiffusionLoss
-from rissole.heads.block_sampling import gather_neighbours, sample_blocks
+from rissole.heads.block_sampling import sample_blocks
+from rissole.retrieval.database import gather_neighbours
 from rissole.heads.block_train import BlockDiffusionTrainer, build_model, parameter_counts, train_block_diffusion
 from rissole.retrieval import build_database, open_database
 from rissole.retrieval.blocks import merge_blocks

@@ -97,7 +97,8 @@ def test_bundle_models_pass_the_checker_and_match_pytorch(tiny: dict[str, Path])
     assert bundle_size(bundle) < 50 * 2**20
 
     # fresh real inputs, two batch sizes (dynamic axis), against the PyTorch pipeline's own eps function
-    from rissole.heads.block_sampling import _eps_fn, gather_neighbours
+    from rissole.heads.block_sampling import _eps_fn
+    from rissole.retrieval.database import gather_neighbours
     from rissole.retrieval.neighbours import open_table
 
     pipe = RissolePipeline.load(tiny["ckpt"], device="cpu")

@@ -70,7 +70,8 @@ def test_runtime_images_match_the_pytorch_pipeline(tiny: dict[str, Path]) -> Non
     import torch
 
     from rissole.heads.block_pipeline import RissolePipeline
-    from rissole.heads.block_sampling import gather_neighbours, sample_blocks
+    from rissole.heads.block_sampling import sample_blocks
+    from rissole.retrieval.database import gather_neighbours
 
     edge = EdgeSampler(open_bundle(tiny["bundle"]), "cpu", threads=1)
     pipe = RissolePipeline.load(tiny["ckpt"], device="cpu")

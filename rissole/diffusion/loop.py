@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, guide
+from rissole.diffusion.schedule import AffineSampler, guide
 
 Array = TypeVar("Array")
 
@@ -20,7 +20,7 @@ EpsFn = Callable[[Any, Any, bool], Any]
 
 def denoise(
     eps_fn: EpsFn,
-    sampler: DDIMSampler | DDPMSampler,
+    sampler: AffineSampler,
     x: Array,
     noise_fn: Callable[[tuple[int, ...]], Array],
     timestep_fn: Callable[[int, int], Any],

@@ -61,7 +61,28 @@ def guide(eps_cond: Array, eps_uncond: Array, scale: float) -> Array:
     return eps_uncond + scale * (eps_cond - eps_uncond)
 
 
-class DDIMSampler:
+class AffineSampler:
+    """A sampler whose every step is x_prev = a * x_t + b * eps + sigma * z, given coefficients(i)."""
+
+    timesteps: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def coefficients(self, i: int) -> tuple[float, float, float]:
+        raise NotImplementedError
+
+    def step(self, x: Array, eps: Array, i: int, noise: Array | None = None) -> Array:
+        a, b, sigma = self.coefficients(i)
+        out = a * x + b * eps
+        if sigma > 0.0:
+            if noise is None:
+                raise ValueError(f"{type(self).__name__} step {i} has sigma {sigma:.3g} > 0 and needs a noise sample")
+            out = out + sigma * noise
+        return out
+
+
+class DDIMSampler(AffineSampler):
     """DDIM (Song et al. 2021) over respaced timesteps; eta = 0 deterministic, eta = 1 with all steps is DDPM."""
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int = 50, eta: float = 0.0) -> None:
@@ -75,9 +96,6 @@ class DDIMSampler:
         self._ab = ab[self.timesteps]
         self._ab_prev = np.append(ab[self.timesteps[1:]], 1.0)
 
-    def __len__(self) -> int:
-        return len(self.timesteps)
-
     def coefficients(self, i: int) -> tuple[float, float, float]:
         """(a, b, sigma) of step i (0 = noisiest): x_prev = a * x_t + b * eps + sigma * z."""
         ab, ab_prev = self._ab[i], self._ab_prev[i]
@@ -87,20 +105,11 @@ class DDIMSampler:
         b = np.sqrt(max(1.0 - ab_prev - sigma**2, 0.0)) - np.sqrt(ab_prev) * np.sqrt(1.0 - ab) / np.sqrt(ab)
         return float(a), float(b), float(sigma)
 
-    def step(self, x: Array, eps: Array, i: int, noise: Array | None = None) -> Array:
-        a, b, sigma = self.coefficients(i)
-        out = a * x + b * eps
-        if sigma > 0.0:
-            if noise is None:
-                raise ValueError(f"DDIM step {i} with eta={self.eta} needs a noise sample")
-            out = out + sigma * noise
-        return out
-
     def to_dict(self) -> dict[str, Any]:
         return {"num_steps": self.num_steps, "eta": self.eta, "timesteps": self.timesteps.tolist()}
 
 
-class DDPMSampler:
+class DDPMSampler(AffineSampler):
     """Ancestral sampling (Ho et al. 2020, Eq. 6-7) with the posterior variance beta_tilde, over all T steps."""
 
     def __init__(self, schedule: NoiseSchedule) -> None:
@@ -115,21 +124,9 @@ class DDPMSampler:
         self._mean_xt = (1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab)
         self._var = betas * (1.0 - ab_prev) / (1.0 - ab)
 
-    def __len__(self) -> int:
-        return len(self.timesteps)
-
     def coefficients(self, i: int) -> tuple[float, float, float]:
         """(a, b, sigma) of step i: the posterior mean a * x_t + b * eps and its standard deviation."""
         t = self.timesteps[i]
         a = self._mean_x0[t] * self._x0_from_x[t] + self._mean_xt[t]
         b = self._mean_x0[t] * self._x0_from_eps[t]
         return float(a), float(b), float(np.sqrt(self._var[t]))
-
-    def step(self, x: Array, eps: Array, i: int, noise: Array | None = None) -> Array:
-        a, b, sigma = self.coefficients(i)
-        out = a * x + b * eps
-        if sigma > 0.0:
-            if noise is None:
-                raise ValueError(f"DDPM step {i} needs a noise sample")
-            out = out + sigma * noise
-        return out

@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 
 from rissole.errors import DataError
-from rissole.heads.block_sampling import gather_neighbours
+from rissole.retrieval.database import gather_neighbours
 from rissole.models.block_unet import BlockDenoiserConfig
 from rissole.retrieval.blocks import merge_blocks, split_blocks
 from rissole.retrieval.database import BlockDatabase

@@ -20,9 +20,10 @@ import torch
 
 from rissole.checkpoint import load_checkpoint
 from rissole.errors import CheckpointError
-from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
+from rissole.diffusion.schedule import AffineSampler, NoiseSchedule
 from rissole.heads.block_batches import check_pairing
-from rissole.heads.block_sampling import gather_neighbours, sample_blocks
+from rissole.heads.block_sampling import sample_blocks
+from rissole.retrieval.database import gather_neighbours
 from rissole.heads.block_train import KIND, build_model
 from rissole.paths import REPO_ROOT, SHIPPED_VQGAN
 from rissole.retrieval import open_database
@@ -111,7 +112,7 @@ class RissolePipeline:
         return images.reshape(*rows.shape, *images.shape[1:])
 
     @torch.no_grad()
-    def generate(self, neighbour_ids: np.ndarray | None, sampler: DDIMSampler | DDPMSampler, n: int | None = None,
+    def generate(self, neighbour_ids: np.ndarray | None, sampler: AffineSampler, n: int | None = None,
                  seed: int = 0, guidance: float = 1.0, order: str = "parallel",
                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, torch.Tensor]:
         """(uint8 images (n, C, H, W), unscaled latents (n, c, h, w))."""

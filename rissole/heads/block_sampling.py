@@ -19,12 +19,9 @@ import numpy as np
 import torch
 
 from rissole.diffusion.loop import denoise
-from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
+from rissole.diffusion.schedule import AffineSampler, NoiseSchedule
 from rissole.models.block_unet import BlockDenoiser
 from rissole.retrieval.blocks import merge_blocks
-from rissole.retrieval.database import gather_neighbours  # noqa: F401 - re-exported: callers import it from here
-
-Sampler = DDIMSampler | DDPMSampler
 
 
 def _eps_fn(model: BlockDenoiser, schedule: NoiseSchedule, neighbours: torch.Tensor | None,
@@ -58,7 +55,7 @@ def _eps_fn(model: BlockDenoiser, schedule: NoiseSchedule, neighbours: torch.Ten
 @torch.no_grad()
 def sample_blocks(
     model: BlockDenoiser,
-    sampler: Sampler,
+    sampler: AffineSampler,
     neighbours: torch.Tensor | None,
     n: int,
     generator: torch.Generator,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from rissole.diffusion.loop import denoise
-from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
+from rissole.diffusion.schedule import AffineSampler, NoiseSchedule
 from rissole.models.rdm_unet import RDMUNet
 
 
@@ -36,7 +36,7 @@ def rdm_eps_fn(model: RDMUNet, schedule: NoiseSchedule,
 
 
 @torch.no_grad()
-def sample_latents(model: RDMUNet, sampler: DDIMSampler | DDPMSampler, neighbours: torch.Tensor,
+def sample_latents(model: RDMUNet, sampler: AffineSampler, neighbours: torch.Tensor,
                    generator: torch.Generator, guidance: float = 1.0,
                    progress: Callable[[int], None] | None = None, x_T: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled latents (n, c, h, w) conditioned on neighbour embeddings (n, k, d), any k. `x_T` (n, c, h, w)
