@@ -7,7 +7,10 @@ Same network, same neighbours, same noise, measured side by side in one process:
   - DDIM-50 vs DDPM-1000 (network calls per image and seconds per image),
   - the bare network at batch n*b vs n: b * t(n) / t(n*b) is the most that folding blocks into
     the batch can gain (close to b where a larger batch is nearly free, as on a GPU; on CPU
-    threads convolution time grows with the batch, so the ceiling is lower).
+    threads convolution time grows with the batch, so the ceiling is lower),
+  - all of it at each thread count of --threads (default 1 and 2): one block cannot keep two
+    threads busy, b blocks in one call can, which is the GPU case in miniature.
+Run it on an otherwise idle machine (the load average at the start is recorded).
 
     python -m benchmarks.block_sampling            # writes benchmarks/results/block_sampling.json
 """
@@ -19,6 +22,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,19 +43,16 @@ def timed(fn, repeats: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", default=str(ROOT / "checkpoints/rissole-fmnist-g2"), help="RISSOLE checkpoint")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts, each measured")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/block_sampling.json"), help="results JSON")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
     from benchmarks._machine import machine_info
-    from rissole.diffusion.schedule import DDIMSampler, DDPMSampler
+    from rissole.diffusion.schedule import DDIMSampler
     from rissole.fileio import write_json_atomic
     from rissole.heads.block_pipeline import RissolePipeline
-    from rissole.heads.block_sampling import sample_blocks
-    from rissole.retrieval.database import gather_neighbours
     from rissole.paths import ensure_shipped_database
+    from rissole.retrieval.database import gather_neighbours
 
     ensure_shipped_database()
     pipe = RissolePipeline.load(args.ckpt)
@@ -63,18 +64,32 @@ def main() -> int:
     result: dict[str, object] = {"benchmark": "block_sampling", "machine": machine_info(), "checkpoint": args.ckpt,
                                  "blocks": b, "threads": args.threads,
                                  "load_average_at_start": os.getloadavg()}  # > 0 means other processes competed
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        result[f"threads{threads}"] = measure(model, b, nb_all, ddim, pipe.schedule, args.repeats)
+    write_json_atomic(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def measure(model: torch.nn.Module, b: int, nb_all: torch.Tensor, ddim: Any, schedule: Any, repeats: int) -> dict[str, object]:
+    """Parallel vs block-by-block at 1 and 64 images, the bare-network ceiling, DDPM-1000 vs DDIM-50."""
+    from rissole.diffusion.schedule import DDPMSampler
+    from rissole.heads.block_sampling import sample_blocks
+
+    result: dict[str, object] = {"torch_threads": torch.get_num_threads()}
     for n in (1, 64):
         nb = nb_all[:n]
         run = lambda order, sampler=ddim: sample_blocks(model, sampler, nb, n, torch.Generator().manual_seed(0),  # noqa: E731
                                                         order=order)
-        par = timed(lambda: run("parallel"), args.repeats)
-        seq = timed(lambda: run("block_by_block"), args.repeats)
+        par = timed(lambda: run("parallel"), repeats)
+        seq = timed(lambda: run("block_by_block"), repeats)
         same = float((run("parallel") - run("block_by_block")).abs().max())
         c, sz = model.config.latent_channels, model.config.block_size
         def net(m: int) -> None:  # noqa: E306 - one denoiser call on m blocks
             with torch.no_grad():
                 model(torch.randn(m, c, sz, sz), torch.zeros(m, dtype=torch.long), nb.flatten(0, 1)[:m].repeat(-(-m // (n * b)), 1, 1, 1, 1)[:m])
-        t_n, t_nb = timed(lambda: [net(n) for _ in range(20)], args.repeats), timed(lambda: [net(n * b) for _ in range(20)], args.repeats)
+        t_n, t_nb = timed(lambda: [net(n) for _ in range(20)], repeats), timed(lambda: [net(n * b) for _ in range(20)], repeats)
         result[f"n{n}"] = {
             "ddim50_parallel_s_per_image": par / n,
             "ddim50_block_by_block_s_per_image": seq / n,
@@ -85,18 +100,16 @@ def main() -> int:
             "network_ms_batch_n_times_b": t_nb / 20 * 1e3,
             "ceiling_b_t_n_over_t_nb": b * t_n / t_nb,
         }
-        print(n, result[f"n{n}"], flush=True)
+        print(torch.get_num_threads(), n, result[f"n{n}"], flush=True)
     ddpm_n = 8
     nb = nb_all[:ddpm_n]
-    ddpm = timed(lambda: sample_blocks(model, DDPMSampler(pipe.schedule), nb, ddpm_n, torch.Generator().manual_seed(0)), 1)
-    ddim_t = timed(lambda: sample_blocks(model, ddim, nb, ddpm_n, torch.Generator().manual_seed(0)), args.repeats)
+    ddpm = timed(lambda: sample_blocks(model, DDPMSampler(schedule), nb, ddpm_n, torch.Generator().manual_seed(0)), 1)
+    ddim_t = timed(lambda: sample_blocks(model, ddim, nb, ddpm_n, torch.Generator().manual_seed(0)), repeats)
     result["ddpm1000_vs_ddim50"] = {"images": ddpm_n, "ddpm1000_s_per_image": ddpm / ddpm_n,
                                     "ddim50_s_per_image": ddim_t / ddpm_n, "network_calls_ratio": 1000 / 50,
                                     "time_ratio": ddpm / ddim_t}
-    print(result["ddpm1000_vs_ddim50"])
-    write_json_atomic(args.out, result)
-    print(f"wrote {args.out}")
-    return 0
+    print(result["ddpm1000_vs_ddim50"], flush=True)
+    return result
 
 
 if __name__ == "__main__":
