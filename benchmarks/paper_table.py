@@ -166,7 +166,7 @@ def sample(pipe: Any, n: int, seed: int, sampler: Any, batch: int) -> tuple[Any,
     return np.concatenate(out), seconds
 
 
-def evaluate_row(row: str, seeds: list[int], n: int, ddpm_fid: bool) -> None:
+def evaluate_row(row: str, seeds: list[int], n: int, ddpm_fid: bool, threads: int = 1) -> None:
     """Per seed: N DDIM-50 samples -> FID, KID, seam score, copy rate (and with ddpm_fid, DDPM-1000 for the first seed)."""
     import numpy as np
     import torch
@@ -176,7 +176,7 @@ def evaluate_row(row: str, seeds: list[int], n: int, ddpm_fid: bool) -> None:
     from rissole.metrics.copies import cached_nearest_distinct_pair, copy_rate
     from rissole.metrics.seams import seam_score
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     pipe = load_pipeline(row)
     if pipe is None:
         print(f"{row}: not trained yet, skipped")
@@ -295,6 +295,8 @@ def main() -> int:
     ap.add_argument("--timing-n", type=int, nargs=2, default=[64, 8], metavar=("DDIM", "DDPM"),
                     help="images timed with DDIM-50 and with DDPM-1000 (timing stage)")
     ap.add_argument("--ddpm-fid", action="store_true", help="also FID with DDPM-1000 (first seed; ~20x the DDIM time)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for eval (changes samples only by float rounding; timing is always one thread)")
     args = ap.parse_args()
     unknown = set(args.rows) - set(ALL_ROWS)
     if unknown:
@@ -303,7 +305,7 @@ def main() -> int:
         train(args.rows)
     elif args.stage == "eval":
         for row in args.rows:
-            evaluate_row(row, args.seeds, args.n, args.ddpm_fid)
+            evaluate_row(row, args.seeds, args.n, args.ddpm_fid, args.threads)
     elif args.stage == "timing":
         timing(args.rows, *args.timing_n)
     else:
