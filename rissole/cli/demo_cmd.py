@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=int, default=64, help="number of images")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the pseudo-queries and the noise")
-    p.add_argument("--ckpt", default=str(SHIPPED_RISSOLE), help="RISSOLE checkpoint directory")
+    p.add_argument("--ckpt", default=str(SHIPPED_RISSOLE),
+                   help="checkpoint directory: the shipped RISSOLE model (default), the shipped RDM "
+                        "(checkpoints/rdm-fmnist-vq) or any trained run's final/")
     p.add_argument("--show-retrieval", default="demo_retrieval.png", metavar="PNG",
                    help="also write pseudo-query | neighbours | sample rows (empty string to skip)")
     p.set_defaults(func=_demo)
@@ -24,9 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from rissole.cli.main import main as rissole
-    from rissole.paths import ensure_shipped_database
+    from rissole.paths import ensure_database_for
 
-    ensure_shipped_database()
+    ensure_database_for(args.ckpt)
     argv = ["sample", "--ckpt", args.ckpt, "-n", str(args.n), "--steps", str(args.steps), "--seed", str(args.seed),
             "--out", args.out]
     if args.show_retrieval:

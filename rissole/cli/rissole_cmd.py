@@ -82,12 +82,12 @@ def _sample(args: argparse.Namespace) -> int:
     from rissole.cli.sample_files import write_sample_files
     from rissole.diffusion.schedule import DDIMSampler, DDPMSampler
     from rissole.heads.block_pipeline import RissolePipeline
-    from rissole.paths import SHIPPED_RISSOLE, ensure_shipped_database
+    from rissole.paths import SHIPPED_RISSOLE, ensure_database_for
 
     if args.ckpt is None:
         args.ckpt = str(SHIPPED_RISSOLE)
-        if args.db is None:
-            ensure_shipped_database()
+    if args.db is None:
+        ensure_database_for(args.ckpt)
     kind = checkpoint_kind(args.ckpt)
     if kind in ("rdm", "rarm"):
         from rissole.cli.neighbour_head_sample import sample_neighbour_head
