@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from rissole_export.parity import cpu_session
 from rissole_export.sources import RARM_FOLLOW_UP
 from rissole_runtime.bundle import DB_DIR, DECODER, DENOISER, MANIFEST, open_bundle
 from rissole_runtime.sampler import EdgeSampler
-from test_runtime import BLOCKER
+from test_runtime import run_runtime_without_torch
 
 MAX_SAMPLES = 4
 K = 3
@@ -140,22 +138,14 @@ def test_rdm_fp16_export_keeps_norm_layers_fp32(rdm: dict[str, Any], tmp_path: P
 
 
 def test_rdm_runtime_samples_with_torch_blocked(rdm: dict[str, Any], tmp_path: Path) -> None:
-    (tmp_path / "block").mkdir()
-    (tmp_path / "block" / "sitecustomize.py").write_text(BLOCKER)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "block"), "OMP_NUM_THREADS": "1"}
-    code = ("import sys; from rissole_runtime.cli import main; rc = main(sys.argv[1:]); "
-            "assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch was imported'; sys.exit(rc)")
-    out = tmp_path / "grid.png"
-    res = subprocess.run([sys.executable, "-c", code, str(rdm["bundle"]), "-n", "5", "--steps", "4", "--out", str(out),
-                          "--npy", str(tmp_path / "x.npy"), "--seed", "2", "--top-m", "0.5", "--guidance", "2",
-                          "--verify", "--quiet"], env=env, capture_output=True, text=True, timeout=120)
+    res = run_runtime_without_torch(rdm["bundle"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert "rdm, grid 1, k 3" in res.stdout and "verified" in res.stdout and "(8 calls)" in res.stdout
     images = np.load(tmp_path / "x.npy")
     assert images.shape == (5, 1, 32, 32) and images.dtype == np.uint8 and images.std() > 5
     from PIL import Image
 
-    with Image.open(out) as im:
+    with Image.open(tmp_path / "grid.png") as im:
         assert im.size[0] > 64
 
 

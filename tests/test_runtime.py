@@ -30,6 +30,22 @@ sys.meta_path.insert(0, _NoTorch())
 '''
 
 
+def run_runtime_without_torch(bundle: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`rissole-run BUNDLE` in a fresh interpreter where importing torch fails (as on a device without
+    PyTorch), writing tmp_path/grid.png and tmp_path/x.npy (5 images, 4 steps, guidance 2, top-m 0.5, --verify);
+    fails if torch got imported anyway."""
+    (tmp_path / "block").mkdir()
+    (tmp_path / "block" / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "block"), "OMP_NUM_THREADS": "1"}
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and "blocked by the test" in probe.stderr  # the blocker works
+    code = ("import sys; from rissole_runtime.cli import main; rc = main(sys.argv[1:]); "
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch was imported'; sys.exit(rc)")
+    return subprocess.run([sys.executable, "-c", code, str(bundle), "-n", "5", "--steps", "4", "--out",
+                           str(tmp_path / "grid.png"), "--npy", str(tmp_path / "x.npy"), "--seed", "2", "--top-m", "0.5",
+                           "--guidance", "2", "--verify", "--quiet"], env=env, capture_output=True, text=True, timeout=120)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return tiny_export(tmp_path_factory.getbasetemp())
@@ -44,24 +60,14 @@ def copy(tiny: dict[str, Path], tmp_path: Path) -> Path:
 
 
 def test_runtime_samples_with_torch_blocked(tiny: dict[str, Path], tmp_path: Path) -> None:
-    (tmp_path / "block").mkdir()
-    (tmp_path / "block" / "sitecustomize.py").write_text(BLOCKER)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "block"), "OMP_NUM_THREADS": "1"}
-    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
-    assert probe.returncode != 0 and "blocked by the test" in probe.stderr  # the blocker works
-    code = ("import sys; from rissole_runtime.cli import main; rc = main(sys.argv[1:]); "
-            "assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch was imported'; sys.exit(rc)")
-    out = tmp_path / "grid.png"
-    res = subprocess.run([sys.executable, "-c", code, str(tiny["bundle"]), "-n", "5", "--steps", "4", "--out", str(out),
-                          "--npy", str(tmp_path / "x.npy"), "--seed", "2", "--top-m", "0.5", "--guidance", "2",
-                          "--verify", "--quiet"], env=env, capture_output=True, text=True, timeout=120)
+    res = run_runtime_without_torch(tiny["bundle"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert "provider CPUExecutionProvider" in res.stdout and "verified" in res.stdout
     images = np.load(tmp_path / "x.npy")
     assert images.shape == (5, 1, 32, 32) and images.dtype == np.uint8 and images.std() > 5
     from PIL import Image
 
-    with Image.open(out) as im:
+    with Image.open(tmp_path / "grid.png") as im:
         assert im.size[0] > 64
 
 
