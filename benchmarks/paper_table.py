@@ -246,6 +246,7 @@ def report(n: int) -> dict[str, Any]:
             entry["steps"], entry["batch_size"] = cfg["train"]["steps"], cfg["train"]["batch_size"]
         entry["ddim50"] = [read_json(p) for p in sorted(d.glob(f"eval_ddim50_n{n}_seed*.json"))]
         entry["ddpm1000"] = [read_json(p) for p in sorted(d.glob(f"eval_ddpm1000_n{n}_seed*.json"))]
+        entry["ddim_vs_ddpm"] = sampler_comparison(d)
         entry["timing"] = read_json(RUNS / "timing.json", {}).get(row)
         rows.append(entry)
     result = {"benchmark": "paper_table", "machine": machine_info(), "n": n, "common": COMMON,
@@ -253,6 +254,10 @@ def report(n: int) -> dict[str, Any]:
     write_json_atomic(RESULTS, result)
     table = markdown(rows)
     print(table)
+    for r in rows:
+        for c in r["ddim_vs_ddpm"]:
+            print(f"{r['row']}: N={c['n']} seed {c['seed']}: FID DDIM-50 {c['ddim50_fid']:.2f}, DDPM-1000 "
+                  f"{c['ddpm1000_fid']:.2f} (ratio {c['ddim_over_ddpm']:.3f})")
     readme = ROOT / "README.md"
     text = readme.read_text()
     start, end = "<!-- paper_table:start -->", "<!-- paper_table:end -->"
@@ -261,6 +266,18 @@ def report(n: int) -> dict[str, Any]:
         write_text_atomic(readme, head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
         print(f"updated the table in {readme}")
     return result
+
+
+def sampler_comparison(d: Path) -> list[dict[str, Any]]:
+    """DDIM-50 vs DDPM-1000 FID wherever both were evaluated at the same N and seed (any N)."""
+    out = []
+    for p in sorted(d.glob("eval_ddpm1000_n*_seed*.json")):
+        ddpm = read_json(p)
+        ddim = read_json(d / f"eval_ddim50_n{ddpm['n']}_seed{ddpm['seed']}.json", None)
+        if ddim is not None:
+            out.append({"n": ddpm["n"], "seed": ddpm["seed"], "ddim50_fid": ddim["fid"], "ddpm1000_fid": ddpm["fid"],
+                        "ddim_over_ddpm": ddim["fid"] / ddpm["fid"], "network_calls_ratio": 1000 / 50})
+    return out
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
