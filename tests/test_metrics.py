@@ -87,6 +87,10 @@ def test_kid(feats: tuple[np.ndarray, np.ndarray]) -> None:
     a = kid(real[:HALF], real[HALF:], subsets=20, subset_size=24, seed=3)
     assert a == kid(real[:HALF], real[HALF:], subsets=20, subset_size=24, seed=3)  # seeded
     assert a[1] > 0  # subsets smaller than the sets differ
+    # sets no larger than a subset: every subset is the whole of both, one value, no spread
+    whole = kid(real[:HALF], real[HALF:2 * HALF], subsets=20, subset_size=1000, seed=3)
+    spread = kid(real[:HALF], real[HALF:2 * HALF], subsets=20, subset_size=HALF - 1, seed=3)
+    assert whole[1] == 0.0 and spread[1] > 0 and abs(whole[0] - spread[0]) < 0.01, (whole, spread)
 
 
 def test_precision_recall(feats: tuple[np.ndarray, np.ndarray]) -> None:

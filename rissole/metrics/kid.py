@@ -34,6 +34,9 @@ def kid(
 ) -> tuple[float, float]:
     """(mean, std) of the unbiased MMD^2 over `subsets` random subsets of min(subset_size, N1, N2) rows each.
 
+    When both sets have at most subset_size rows every subset is the whole of both, so the value is
+    computed once and its std is 0 by construction (not an uncertainty).
+
     Unbiased means it can come out slightly negative: a set against itself gives about
     -2 (mean k(x, x) - mean k(x, y)) / m, since the within-set terms leave out the diagonal.
     """
@@ -46,6 +49,8 @@ def kid(
         raise DataError(f"KID needs at least 2 feature vectors per set, found {len(x)} and {len(y)}.")
     if subsets < 1:
         raise DataError(f"KID needs at least 1 subset, found {subsets}.")
+    if m == len(x) == len(y):
+        return _mmd2_unbiased(polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)), 0.0
     rng = np.random.default_rng(seed)
     full = len(x) + len(y) <= _FULL_KERNEL_MAX_ROWS
     if full:
