@@ -14,21 +14,16 @@ from typing import Callable
 import torch
 
 from rissole.diffusion.schedule import guide
+from rissole.heads.rarm_pick import pick_from_uniform
 from rissole.models.rarm_transformer import RARMTransformer
 
 
 def pick(logp: torch.Tensor, generator: torch.Generator, top_k: int = 0, temperature: float = 1.0) -> torch.Tensor:
-    """Draw one index per row of log-probabilities (n, V): temperature, then keep the top_k (0 = all)."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, found {temperature}")
-    logits = logp / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits.double(), dim=-1)
-    u = torch.rand(probs.shape[0], generator=generator, dtype=torch.float64).to(probs.device)
-    cdf = probs.cumsum(-1)
-    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp(max=probs.shape[-1] - 1)
+    """Draw one index per row of log-probabilities (n, V): temperature, then keep the top_k (0 = all).
+    One uniform per row from `generator`; the draw itself is rarm_pick's, shared with the edge runtime."""
+    u = torch.rand(logp.shape[0], generator=generator, dtype=torch.float64)
+    idx = pick_from_uniform(logp.detach().float().cpu().numpy(), u.numpy(), top_k, temperature)
+    return torch.from_numpy(idx).to(logp.device)
 
 
 @torch.no_grad()
