@@ -10,6 +10,7 @@ CHECKPOINTS = Path(os.environ.get("RISSOLE_CHECKPOINTS", REPO_ROOT / "checkpoint
 SHIPPED_VQGAN = CHECKPOINTS / "vqgan-fmnist-f4"
 SHIPPED_RISSOLE = CHECKPOINTS / "rissole-fmnist-g2"
 SHIPPED_RDM = CHECKPOINTS / "rdm-fmnist-vq"
+SHIPPED_RARM = CHECKPOINTS / "rarm-fmnist-vq"  # the same embedding database as SHIPPED_RDM
 SHIPPED_DB = Path(os.environ.get("RISSOLE_DB", REPO_ROOT / "runs" / "db" / "fmnist-train-g2"))
 SHIPPED_RDM_DB = REPO_ROOT / "runs" / "db" / "rdm-fmnist-b-vq"  # the shipped RDM config's data.db
 SHIPPED_LATENTS = REPO_ROOT / "runs" / "latents" / "fmnist-train.npy"
@@ -68,5 +69,5 @@ def ensure_database_for(ckpt: str | os.PathLike) -> None:
     ckpt = Path(ckpt).resolve()
     if ckpt == SHIPPED_RISSOLE.resolve():
         ensure_shipped_database()
-    elif ckpt == SHIPPED_RDM.resolve():
+    elif ckpt in (SHIPPED_RDM.resolve(), SHIPPED_RARM.resolve()):
         ensure_shipped_rdm_database()
