@@ -1,10 +1,10 @@
-"""Write an edge bundle (layout: rissole_runtime.bundle) from a RISSOLE or RDM checkpoint and its database.
+"""Write an edge bundle (layout: rissole_runtime.bundle) from a RISSOLE, RDM or RARM checkpoint and its database.
 
 One writer for every kind: the kind-specific parts (the eps graph, real parity inputs, which
-database ships, the manifest's model section) come from rissole_export.sources; an RARM checkpoint
-is refused there (its export is a follow-up). Both ONNX models are checked (onnx.checker,
-onnxruntime vs PyTorch on real database rows) before the bundle directory is swapped in
-atomically, so a failed export leaves nothing half-written.
+database ships, the manifest's model section) come from rissole_export.sources; RARM's networks
+(context, step, codebook) from rissole_export.rarm_parts. Every ONNX model is checked
+(onnx.checker, onnxruntime vs PyTorch on real database rows) before the bundle directory is
+swapped in atomically, so a failed export leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ from rissole_export.parity import TOLERANCE, check_parity
 from rissole_export.sources import ExportSource, load_source, real_denoiser_inputs, real_latents
 from rissole_runtime.bundle import DB_DIR, DECODER, DENOISER, FORMAT, FORMAT_VERSION, MANIFEST, PROPOSAL, TABLE
 
+NETWORK_ROLES = {"denoiser": "denoiser model", "context": "RARM context model", "step": "RARM step model",
+                 "codebook": "VQ codebook"}
+
 # scopes whose plain ops stay fp32 under --fp16, besides the normalisation layers (see onnx_io.fp32_nodes)
 DENOISER_FP32_ROOTS = ("", "/model")  # the v -> eps conversion and the timestep embedding
 DECODER_FP32_SCOPES = ("/vqgan/quantize", "/quantize")  # the codebook search (argmin)
@@ -46,9 +49,11 @@ class ExportOptions:
     fp16: bool = False
     opset: int = MIN_OPSET
     max_samples: int = 16  # samples per network call; the batch axis goes up to max_samples * b * 2 (guidance)
-    steps: int = 50
+    steps: int = 50  # diffusion kinds: default DDIM steps
     guidance: float = 1.0
     top_m: float = 1.0
+    top_k: int = 0  # rarm: default top-k (0 = all codes)
+    temperature: float = 1.0  # rarm: default temperature
     link: bool = True  # hard-link blocks.npy when on the same file system (copy otherwise)
     parity_samples: int = 4
     seed: int = 0
@@ -167,49 +172,65 @@ def export_decoder(src: ExportSource, path: Path, opts: ExportOptions) -> dict[s
             "parity_max_abs": diff, "parity_tolerance": tol, **info}
 
 
+def _export_networks(src: ExportSource, out: Path, opts: ExportOptions) -> dict[str, dict[str, Any]]:
+    """The kind's networks, written into `out` and checked: {manifest section: entry with its "file"}."""
+    if src.diffusion:
+        return {"denoiser": export_denoiser(src, out / DENOISER, opts)}
+    from rissole_export.rarm_parts import export_rarm
+
+    def fp16(path: Path, model: onnx.ModelProto, roots: tuple[str, ...]) -> dict[str, Any]:
+        return _maybe_fp16(path, model, opts, roots, ())
+
+    return export_rarm(src, out, fp16, opts.opset, opts.parity_samples, opts.seed, opts.report)
+
+
 def _file_entry(path: Path, role: str, sha: str | None = None) -> dict[str, Any]:
     return {"role": role, "bytes": path.stat().st_size, "sha256": sha or sha256_file(path)}
 
 
 def write_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, db: str | os.PathLike | None = None,
                  vqgan: str | os.PathLike | None = None, opts: ExportOptions | None = None) -> dict[str, Any]:
-    """Export `ckpt` (RISSOLE or RDM, with its database and VQ-GAN) into the bundle directory `out`; returns
-    the manifest. `db` is the block database (RISSOLE) or the embedding database (RDM)."""
+    """Export `ckpt` (RISSOLE, RDM or RARM, with its database and VQ-GAN) into the bundle directory `out`;
+    returns the manifest. `db` is the block database (RISSOLE) or the embedding database (RDM, RARM)."""
     opts = opts or ExportOptions()
     out = Path(out)
     if (out / MANIFEST).exists() and not opts.overwrite:
         raise DataError(f"{out}: a bundle is already there. Pass --force to replace it.")
     src = load_source(ckpt, db=db, vqgan=vqgan)
     src_db = src.db
-    sampler = DDIMSampler(src.schedule, opts.steps)
     b = int(src.model["num_blocks"])
     with atomic_dir(out) as tmp:
-        denoiser = export_denoiser(src, tmp / DENOISER, opts)
+        networks = _export_networks(src, tmp, opts)
         decoder = export_decoder(src, tmp / DECODER, opts)
         bundle_db, how = _write_database(src_db, tmp / DB_DIR, src.k, src.retrieval, opts.link, opts.progress)
         opts.report.append(f"database: {src_db.rows} rows {how} from {src_db.path}")
         proposal, proposal_source = _proposal(src_db)
         with atomic_path(tmp / PROPOSAL, suffix=".npy") as p, open(p, "wb") as f:
             np.save(f, proposal.astype(np.float64))
-        files = {DENOISER: _file_entry(tmp / DENOISER, "denoiser model"),
-                 DECODER: _file_entry(tmp / DECODER, "VQ decoder model"),
-                 PROPOSAL: _file_entry(tmp / PROPOSAL, "proposal p_D"),
-                 f"{DB_DIR}/{BLOCKS_FILE}": _file_entry(tmp / DB_DIR / BLOCKS_FILE, src.database_role,
-                                                        bundle_db.manifest["sha256"]),
-                 f"{DB_DIR}/{MANIFEST_FILE}": _file_entry(tmp / DB_DIR / MANIFEST_FILE,
-                                                          f"{src.database_role} manifest")}
+        files = {sec["file"]: _file_entry(tmp / sec["file"], NETWORK_ROLES[name]) for name, sec in networks.items()}
+        files.update({DECODER: _file_entry(tmp / DECODER, "VQ decoder model"),
+                      PROPOSAL: _file_entry(tmp / PROPOSAL, "proposal p_D"),
+                      f"{DB_DIR}/{BLOCKS_FILE}": _file_entry(tmp / DB_DIR / BLOCKS_FILE, src.database_role,
+                                                             bundle_db.manifest["sha256"]),
+                      f"{DB_DIR}/{MANIFEST_FILE}": _file_entry(tmp / DB_DIR / MANIFEST_FILE,
+                                                               f"{src.database_role} manifest")})
         for f in sorted((tmp / DB_DIR / "neighbours").glob("*")):
             files[f"{DB_DIR}/neighbours/{f.name}"] = _file_entry(f, "neighbour table")
+        if src.diffusion:
+            sampler = {"kind": "ddim", **DDIMSampler(src.schedule, opts.steps).to_dict()}
+        else:
+            sampler = {"kind": "tokens", "num_steps": int(src.model["seq_len"]), "top_k": opts.top_k,
+                       "temperature": opts.temperature}
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source": {"checkpoint": str(Path(ckpt).resolve()), "step": int(src.config.get("step", 0)),
                        "vqgan_hash": src.config["vqgan_hash"]},
             "model": src.model,
-            "denoiser": denoiser, "decoder": decoder,
+            **networks, "decoder": decoder,
             "scale_factor": src.scale_factor,
-            "schedule": src.schedule.to_dict(),
-            "sampler": {"kind": "ddim", **sampler.to_dict()},
+            "schedule": src.schedule.to_dict() if src.schedule is not None else None,
+            "sampler": sampler,
             "guidance": opts.guidance, "top_m": opts.top_m,
             "batch": {"max_samples": opts.max_samples, "min": b, "opt": opts.max_samples * b,
                       "max": opts.max_samples * b * 2},

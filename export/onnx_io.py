@@ -26,16 +26,17 @@ PROTOBUF_LIMIT = 2 * 1024**3
 
 
 def export_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str | os.PathLike,
-                input_names: Sequence[str], output_name: str, opset: int = MIN_OPSET) -> onnx.ModelProto:
-    """Trace `module` on `inputs` with axis 0 of every input and the output dynamic; write `path` atomically."""
+                input_names: Sequence[str], output_names: str | Sequence[str], opset: int = MIN_OPSET) -> onnx.ModelProto:
+    """Trace `module` on `inputs` with axis 0 of every input and output dynamic; write `path` atomically."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET} (LayerNormalization), found {opset}")
-    dynamic = {name: {0: "batch"} for name in [*input_names, output_name]}
+    outputs = [output_names] if isinstance(output_names, str) else list(output_names)
+    dynamic = {name: {0: "batch"} for name in [*input_names, *outputs]}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy-exporter deprecation and tracer warnings say nothing here
         torch.onnx.export(module.eval(), inputs, buf, dynamo=False, opset_version=opset, input_names=list(input_names),
-                          output_names=[output_name], dynamic_axes=dynamic, do_constant_folding=True)
+                          output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
     model = onnx.load_from_string(buf.getvalue())
     save_onnx(model, path)
     return model

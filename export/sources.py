@@ -5,8 +5,9 @@
     rdm      RDM's latent UNet over the whole latent, shipped as a grid-1 model with ONE block (the
              block is the latent), so the runtime's noise layout, batching, guidance and DDIM loop
              serve it unchanged; db/ ships the embedding database itself
-    rarm     refused: RARM samples code by code with a key-value cache, not with the DDIM loop the
-             bundle and runtime are built on; its export is a stated follow-up (issue 6)
+    rarm     RARM's transformer as two graphs, the neighbours' cross-attention keys/values (once
+             per sample) and one decoding position, the key-value cache in and its new slot out (64 calls
+             per sample), plus the VQ codebook to turn codes into latents; db/ as for rdm
 
 Why the RDM bundle ships the embedding database (and not latents to embed on the device): an
 embedding database is already a block database with grid 1, its blocks.npy (1, N, d) holding
@@ -37,22 +38,17 @@ from rissole.retrieval.neighbours import open_table
 from rissole_export.graphs import EpsDenoiserGraph, RDMEpsGraph
 from rissole_runtime.bundle import TABLE
 
-RARM_FOLLOW_UP = ("RARM export is a follow-up (issue 6): the edge bundle and rissole-run hold diffusion heads "
-                  "(RISSOLE, RDM) sampled with the DDIM loop; an RARM samples code by code with a key-value cache. "
-                  "Sample it with `rissole sample --ckpt CKPT` on a machine with PyTorch.")
-
-
 @dataclass
 class ExportSource:
     """One checkpoint's parts for the bundle: the eps graph, real inputs for the parity checks, what to ship."""
 
     kind: str
     config: dict[str, Any]  # the checkpoint's run config (scale_factor, vqgan_hash, step)
-    graph: nn.Module  # (inputs) -> eps, float32, eval
+    graph: nn.Module | None  # diffusion kinds: (inputs) -> eps, float32, eval; rarm: None (rarm_graphs)
     input_names: list[str]
     vqgan: nn.Module
     db: BlockDatabase  # shipped as db/ (a block database, or an embedding database: grid 1)
-    schedule: NoiseSchedule
+    schedule: NoiseSchedule | None  # None for rarm
     model: dict[str, Any]  # the manifest's "model" section
     zero_conditioning: str  # what the guidance half of the batch holds
     database_role: str  # role of db/blocks.npy in the manifest's file list
@@ -67,27 +63,30 @@ class ExportSource:
         return bool(self.model["retrieval"])
 
     @property
+    def diffusion(self) -> bool:
+        return self.kind != "rarm"
+
+    @property
     def scale_factor(self) -> float:
-        return float(self.config["scale_factor"])
+        """Latent scaling of the diffusion kinds; RARM samples codes, whose latents are never scaled."""
+        return float(self.config["scale_factor"]) if self.diffusion else 1.0
 
 
 def load_source(ckpt: str | os.PathLike, db: str | os.PathLike | None = None,
                 vqgan: str | os.PathLike | None = None) -> ExportSource:
-    """The export source of `ckpt` by its kind (the checkpoint's config.yaml); RARM is refused."""
+    """The export source of `ckpt` by its kind (the checkpoint's config.yaml)."""
     kind = load_checkpoint(ckpt).kind
-    if kind == "rarm":
-        raise CheckpointError(f"{ckpt}: an RARM checkpoint; rissole-export writes RISSOLE and RDM bundles only. "
-                              f"{RARM_FOLLOW_UP}")
-    if kind == "rdm":
+    if kind in ("rdm", "rarm"):
         from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
 
-        return rdm_source(NeighbourHeadPipeline.load(ckpt, database=db, vqgan=vqgan, device="cpu"))
+        pipe = NeighbourHeadPipeline.load(ckpt, database=db, vqgan=vqgan, device="cpu")
+        return rdm_source(pipe) if kind == "rdm" else rarm_source(pipe)
     if kind == "rissole":
         from rissole.heads.block_pipeline import RissolePipeline
 
         return rissole_source(RissolePipeline.load(ckpt, db=db, vqgan=vqgan, device="cpu"))
-    raise CheckpointError(f"{ckpt}: kind {kind!r}; rissole-export takes RISSOLE (kind rissole) and RDM (kind rdm) "
-                          "checkpoints.")
+    raise CheckpointError(f"{ckpt}: kind {kind!r}; rissole-export takes RISSOLE, RDM and RARM checkpoints "
+                          "(kind rissole, rdm or rarm).")
 
 
 def rissole_source(pipe: Any) -> ExportSource:
@@ -116,6 +115,30 @@ def rdm_source(pipe: Any) -> ExportSource:
                              "`database` table's ids of the pseudo-query row; not scaled"}
     return ExportSource("rdm", pipe.config, graph, graph.input_names(), pipe.vqgan.float().eval(), pipe.edb.db,
                         schedule, model, "all-zero neighbour embeddings", "neighbour embedding database", pipe)
+
+
+def rarm_source(pipe: Any) -> ExportSource:
+    """A NeighbourHeadPipeline's parts (kind rarm): the transformer's shapes; db/ = the embedding database."""
+    from rissole.embeddings.store import KEY_MODE
+
+    cfg = pipe.model.config
+    shape = [int(d) for d in pipe.vqgan.config.latent_shape]
+    model = {"kind": "rarm", "grid": 1, "num_blocks": 1, "k": cfg.k, "latent_shape": shape, "block_shape": shape,
+             "retrieval": True, "position": False, "key": KEY_MODE, "embedding": pipe.edb.spec.to_dict(),
+             "vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len, "start_token": pipe.model.start_token,
+             "depth": cfg.depth, "num_heads": cfg.num_heads, "head_dim": cfg.width // cfg.num_heads,
+             "context_len": cfg.k * cfg.context_tokens,
+             "conditioning": "neighbours (B, k, d): unit embeddings gathered from db/blocks.npy (1, rows, d) at the "
+                             "`database` table's ids of the pseudo-query row; not scaled"}
+    return ExportSource("rarm", pipe.config, None, [], pipe.vqgan.float().eval(), pipe.edb.db, None, model,
+                        "all-zero neighbour embeddings", "neighbour embedding database", pipe)
+
+
+def real_neighbour_embeddings(src: ExportSource, n: int, seed: int) -> np.ndarray:
+    """(n, k, d) embeddings of real database rows' table neighbours (RDM, RARM)."""
+    rows = np.random.default_rng(seed).choice(src.db.rows, size=n, replace=False)
+    ids = np.asarray(open_table(src.db, TABLE).ids[rows])
+    return src.pipe.edb.embeddings(ids[:, : src.k]).astype(np.float32)
 
 
 def real_denoiser_inputs(src: ExportSource, n: int, seed: int) -> dict[str, np.ndarray]:
@@ -147,7 +170,7 @@ def real_denoiser_inputs(src: ExportSource, n: int, seed: int) -> dict[str, np.n
 def real_latents(src: ExportSource, n: int, seed: int) -> np.ndarray:
     """Unscaled real latents (n, c, h, w) for the decoder's parity check."""
     rows = np.random.default_rng(seed).choice(src.db.rows, size=n, replace=False)
-    if src.kind == "rdm":
+    if src.kind in ("rdm", "rarm"):
         lat = src.pipe.edb.latents(rows)
     else:
         lat = merge_blocks(src.db.blocks(rows), src.db.grid)

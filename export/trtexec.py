@@ -15,7 +15,8 @@ import onnx
 
 from rissole_export.bundle_writer import DECODER_FP32_SCOPES, DENOISER_FP32_ROOTS
 from rissole_export.onnx_io import fp32_nodes, trt_fp32_layers
-from rissole_runtime.bundle import DECODER, DENOISER
+from rissole_export.rarm_parts import RARM_FP32_ROOTS
+from rissole_runtime.bundle import CONTEXT, DECODER, DENOISER, STEP
 
 DEFAULT_WORKSPACE_MB = 1024  # leaves room on an 8 GB Jetson shared between CPU and GPU
 
@@ -39,19 +40,22 @@ def _shape(spec: list[Any], batch: int) -> list[int]:
 
 def engine_plans(bundle: Path, manifest: dict[str, Any], fp16: bool = True, workspace_mb: int = DEFAULT_WORKSPACE_MB,
                  timing_cache: Path | None = None) -> list[EnginePlan]:
-    """Plans for the denoiser (batch: b .. max_samples * b * 2) and the decoder (1 .. max_samples)."""
+    """Plans for the sampling networks (denoiser: batch b .. max_samples * b * 2; RARM's context and step:
+    1 .. max_samples * 2) and the decoder (1 .. max_samples)."""
     batch = manifest["batch"]
-    ranges = {DENOISER: (batch["min"], batch["opt"], batch["max"]), DECODER: (1, batch["max_samples"], batch["max_samples"])}
-    fp32_sets = {DENOISER: (DENOISER_FP32_ROOTS, ()), DECODER: (("",), DECODER_FP32_SCOPES)}
+    sampling = (batch["min"], batch["opt"], batch["max"])
+    if manifest["model"].get("kind") == "rarm":
+        parts = [(CONTEXT, "context", sampling, (RARM_FP32_ROOTS, ())), (STEP, "step", sampling, (RARM_FP32_ROOTS, ()))]
+    else:
+        parts = [(DENOISER, "denoiser", sampling, (DENOISER_FP32_ROOTS, ()))]
+    parts.append((DECODER, "decoder", (1, batch["max_samples"], batch["max_samples"]), (("",), DECODER_FP32_SCOPES)))
     plans = []
-    for name, part in ((DENOISER, "denoiser"), (DECODER, "decoder")):
-        lo, opt, hi = ranges[name]
+    for name, section, (lo, opt, hi), (roots, extra) in parts:
         shapes = {k: (_shape(v["shape"], lo), _shape(v["shape"], opt), _shape(v["shape"], hi))
-                  for k, v in manifest[part]["inputs"].items()}
+                  for k, v in manifest[section]["inputs"].items()}
         layers: list[str] = []
         if fp16:
             model = onnx.load(str(bundle / name), load_external_data=False)
-            roots, extra = fp32_sets[name]
             layers = trt_fp32_layers(model, fp32_nodes(model, roots, extra))
         plans.append(EnginePlan(bundle / name, bundle / name.replace(".onnx", ".engine"), shapes, fp16, layers,
                                 workspace_mb, timing_cache or bundle / "timing.cache"))

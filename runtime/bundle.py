@@ -9,15 +9,16 @@
       db/                  a rissole block database (blocks.npy memmap + manifest.json) with the
                            `database` neighbour table (k columns) in db/neighbours/
 
-Two kinds (manifest["model"]["kind"]) share this layout:
+Three kinds (manifest["model"]["kind"]) share this layout:
 
     rissole  denoiser over g x g blocks; db/ is the block database; neighbours (B, k, c, s, s) are the
              neighbours' blocks at the sample's own position, times scale_factor
     rdm      RDM's UNet over the whole latent, described as grid 1 with one block (block = latent);
              db/ is the embedding database (a grid-1 block database: blocks.npy (1, rows, d) holds the
              unit embeddings); neighbours (B, k, d) are its rows at the table's ids, unscaled
-
-RARM bundles do not exist yet (its export is a follow-up).
+    rarm     no denoiser.onnx: context.onnx (neighbours (B, k, d) -> every block's cross-attention
+             keys/values), step.onnx (one code position: the cache in, that position's keys/values out) and
+             codebook.npy (codes -> latents for decoder.onnx); db/ and neighbours as for rdm
 
 rissole-export writes this layout (it imports the names from here); rissole-run reads it. Opening
 is fast (sizes, manifests, shapes; the database is memory-mapped, not read); `verify=True` also
@@ -44,11 +45,15 @@ FORMAT = "rissole-edge-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DENOISER = "denoiser.onnx"
+CONTEXT = "context.onnx"  # rarm
+STEP = "step.onnx"  # rarm
+CODEBOOK = "codebook.npy"  # rarm
 DECODER = "decoder.onnx"
 PROPOSAL = "proposal.npy"
 DB_DIR = "db"
 TABLE = "database"
-KINDS = ("rissole", "rdm")
+KINDS = ("rissole", "rdm", "rarm")
+EMBEDDING_KINDS = ("rdm", "rarm")  # db/ is an embedding database
 FIX = "Re-export the bundle with `rissole-export CKPT --out BUNDLE`."
 
 
@@ -121,9 +126,9 @@ def model_kind(manifest: dict[str, Any]) -> str:
 
 def database_layout(manifest: dict[str, Any]) -> dict[str, Any]:
     """grid and shapes db/manifest.json must have: the model's blocks (rissole), or the d-vectors as one
-    1 x 1 block each (rdm: an embedding database)."""
+    1 x 1 block each (rdm, rarm: an embedding database)."""
     model = manifest["model"]
-    if model_kind(manifest) == "rdm":
+    if model_kind(manifest) in EMBEDDING_KINDS:
         d = int(model["embedding"]["dim"])
         return {"grid": 1, "latent_shape": [d, 1, 1], "block_shape": [d, 1, 1]}
     return {"grid": int(model["grid"]), "latent_shape": list(model["latent_shape"]),
@@ -142,7 +147,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise _fail(mpath, f"expected {FORMAT} v{FORMAT_VERSION}, found {manifest.get('format')} v{manifest.get('format_version')}.")
     if model_kind(manifest) not in KINDS:
         raise _fail(mpath, f"a bundle of kind {model_kind(manifest)!r}; this runtime samples "
-                           f"{' and '.join(KINDS)} bundles.")
+                           f"{', '.join(KINDS)} bundles.")
     _check_self_consistent(mpath, manifest["model"])
     return manifest
 
@@ -190,6 +195,14 @@ def check_database(path: Path, manifest: dict[str, Any], db: BlockDatabase) -> N
                                                    "database and the manifest come from different exports.")
 
 
+def _check_codebook(path: Path, manifest: dict[str, Any]) -> None:
+    """An RARM bundle's codebook must have one row per code and the latent's channels."""
+    book = np.load(path / CODEBOOK, mmap_mode="r")
+    want = [int(manifest["model"]["vocab_size"]), int(manifest["model"]["latent_shape"][0])]
+    if list(book.shape) != want or book.dtype != np.float32:
+        raise _fail(path / CODEBOOK, f"{book.dtype} {list(book.shape)}, expected float32 {want} (codes, channels).")
+
+
 def open_bundle(path: str | os.PathLike, verify: bool = False, progress: bool = False) -> Bundle:
     """Open and check a bundle; refuse one whose parts disagree, naming the part."""
     path = Path(path)
@@ -199,6 +212,8 @@ def open_bundle(path: str | os.PathLike, verify: bool = False, progress: bool = 
     db = open_database(path / DB_DIR)  # checks blocks.npy against the database manifest (size, shape, dtype)
     check_database(path, manifest, db)
     check_files(path, manifest, verify, progress)
+    if model_kind(manifest) == "rarm":
+        _check_codebook(path, manifest)
     rows = db.rows
     ids = None
     if manifest["model"]["retrieval"]:

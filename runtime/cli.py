@@ -1,4 +1,4 @@
-"""Entry point of `rissole-run`: images from an edge bundle (RISSOLE or RDM) with numpy + onnxruntime (no torch)."""
+"""Entry point of `rissole-run`: images from an edge bundle (RISSOLE, RDM or RARM) with numpy + onnxruntime (no torch)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from rissole.errors import run_command
+from rissole.errors import ConfigError, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,11 +15,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Sample images from a bundle written by rissole-export, without PyTorch.")
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("-n", type=int, default=16, help="number of images")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the manifest's)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the manifest's; diffusion bundles)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic; diffusion bundles)")
+    p.add_argument("--top-k", type=int, default=None, help="RARM: keep the top-k codes at each position (0 = all; "
+                                                           "default: the manifest's)")
+    p.add_argument("--temperature", type=float, default=None, help="RARM: sampling temperature (default: the "
+                                                                   "manifest's)")
     p.add_argument("--out", default="grid.png", help="PNG grid to write")
     p.add_argument("--npy", default=None, help="also save the uint8 images (n, C, H, W) as .npy")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pseudo-queries and the noise")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pseudo-queries and the noise (RARM: the draws)")
     p.add_argument("--top-m", type=float, default=None, help="top-m fraction of p_D (default: the manifest's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the manifest's)")
     p.add_argument("--provider", default="auto", choices=("auto", "tensorrt", "cuda", "cpu"),
@@ -38,28 +42,46 @@ def run(args: argparse.Namespace) -> int:
     from rissole.fileio import atomic_path
     from rissole.images import save_grid
     from rissole_runtime.bundle import open_bundle
-    from rissole_runtime.sampler import EdgeSampler
+    from rissole_runtime.sampler import open_sampler
     from rissole_runtime.session import default_threads
 
     t0 = time.perf_counter()
     bundle = open_bundle(args.bundle, verify=args.verify, progress=not args.quiet)
     threads = args.threads if args.threads is not None else default_threads()
-    edge = EdgeSampler(bundle, args.provider, threads)
+    edge = open_sampler(bundle, args.provider, threads)
     print(f"bundle {bundle.path}: {bundle.kind}, grid {bundle.grid}, k {bundle.k}, {bundle.db.rows} rows "
           f"({'verified' if args.verify else 'sizes checked'}); provider {edge.provider}")
-    steps = args.steps or int(bundle.manifest["sampler"]["num_steps"])
+    recorded = bundle.manifest["sampler"]
     guidance = bundle.manifest["guidance"] if args.guidance is None else args.guidance
     top_m = bundle.manifest["top_m"] if args.top_m is None else args.top_m
     chunks = -(-args.n // bundle.max_samples)
-    with tqdm(total=steps * chunks, desc="denoise", unit="step", disable=args.quiet) as bar:
-        images, _ = edge.generate(args.n, steps, args.seed, top_m, guidance, args.eta, progress=lambda i: bar.update(1))
+    if bundle.kind == "rarm":
+        if args.steps is not None or args.eta:
+            raise ConfigError(f"{bundle.path}: an RARM bundle draws its {recorded['num_steps']} code positions one by "
+                             "one; --steps and --eta are for diffusion bundles. Use --top-k / --temperature.")
+        top_k = recorded["top_k"] if args.top_k is None else args.top_k
+        temperature = recorded["temperature"] if args.temperature is None else args.temperature
+        steps = int(recorded["num_steps"])
+        what = f"RARM, {steps} codes, top-k {top_k}, temperature {temperature}"
+        with tqdm(total=steps * chunks, desc="codes", unit="pos", disable=args.quiet) as bar:
+            images, _ = edge.generate(args.n, args.seed, top_m, guidance, top_k, temperature,
+                                      progress=lambda i: bar.update(1))
+    else:
+        if args.top_k is not None or args.temperature is not None:
+            raise ConfigError(f"{bundle.path}: a {bundle.kind} bundle is sampled with DDIM; --top-k and --temperature "
+                             "are for RARM bundles. Use --steps / --eta.")
+        steps = args.steps or int(recorded["num_steps"])
+        what = f"DDIM-{steps}"
+        with tqdm(total=steps * chunks, desc="denoise", unit="step", disable=args.quiet) as bar:
+            images, _ = edge.generate(args.n, steps, args.seed, top_m, guidance, args.eta,
+                                      progress=lambda i: bar.update(1))
     save_grid(images, args.out)
     if args.npy:
         with atomic_path(Path(args.npy), suffix=".npy") as tmp, open(tmp, "wb") as f:
             np.save(f, images)
     tm = edge.timings
-    print(f"wrote {args.out}: {args.n} images, DDIM-{steps}, guidance {guidance}, top-m {top_m}; denoise "
-          f"{tm.denoise_s:.2f} s ({tm.network_calls} calls), decode {tm.decode_s:.2f} s, total "
+    print(f"wrote {args.out}: {args.n} images, {what}, guidance {guidance}, top-m {top_m}; sampling networks "
+          f"{tm.network_s:.2f} s ({tm.network_calls} calls), decode {tm.decode_s:.2f} s, total "
           f"{time.perf_counter() - t0:.2f} s")
     return 0
 

@@ -1,7 +1,11 @@
 """Sampling from a bundle without torch: p_D pseudo-queries -> neighbours from the memmap -> the shared
 DDIM loop (rissole.diffusion) around the ONNX denoiser -> stitched latents -> ONNX decoder.
 
-One sampler for both bundle kinds. For RISSOLE the steps mirror RissolePipeline.generate +
+BundleSampler holds what every kind shares (decoder session, pseudo-queries, the neighbour gather,
+decoding); EdgeSampler is the diffusion kinds' sampler; RARM's code-by-code sampler is
+rissole_runtime.token_sampler. `open_sampler` picks the one a bundle needs.
+
+One sampler for both diffusion kinds. For RISSOLE the steps mirror RissolePipeline.generate +
 sample_blocks (parallel order); for RDM, NeighbourHeadPipeline.generate + rdm_sampling.sample_latents.
 Both: the same proposal sampler, the same (n, b, c, s, s) noise layout folded into the batch (RDM:
 b = 1, the block is the whole latent), the same guidance by doubling the batch with all-zero
@@ -11,6 +15,7 @@ neighbour blocks (RISSOLE) or the neighbours' unit embeddings (RDM).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,8 +27,11 @@ from rissole.errors import RissoleError
 from rissole.retrieval.blocks import merge_blocks
 from rissole.retrieval.database import gather_neighbours
 from rissole.retrieval.proposal import PseudoQuerySampler
-from rissole_runtime.bundle import DECODER, DENOISER, Bundle
+from rissole_runtime.bundle import DECODER, DENOISER, EMBEDDING_KINDS, Bundle
 from rissole_runtime.session import check_inputs, open_session, providers_for, used_provider
+
+
+DIFFUSION_KINDS = ("rissole", "rdm")
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -33,24 +41,27 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Timings:
-    denoise_s: float = 0.0
+    network_s: float = 0.0  # in the sampling networks: the denoiser, or RARM's context and step
     decode_s: float = 0.0
     network_calls: int = 0
 
 
-class EdgeSampler:
-    """The bundle's two ONNX sessions and its memory-mapped database, ready to generate images."""
+class BundleSampler:
+    """What every kind's sampler shares: the decoder session, p_D pseudo-queries, the neighbour gather."""
 
     def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None) -> None:
         self.bundle = bundle
-        providers = providers_for(provider, cache_dir=bundle.path / "trt_cache")
-        m = bundle.manifest
-        self.denoiser = open_session(bundle.file(DENOISER), providers, threads)
-        check_inputs(self.denoiser, bundle.file(DENOISER), m["denoiser"]["inputs"])
-        self.decoder = open_session(bundle.file(DECODER), providers, threads)
-        check_inputs(self.decoder, bundle.file(DECODER), m["decoder"]["inputs"])
-        self.provider = used_provider(self.denoiser)
+        self.providers = providers_for(provider, cache_dir=bundle.path / "trt_cache")
+        self.threads = threads
+        self.decoder = self.session(DECODER, "decoder")
+        self.provider = used_provider(self.decoder)
         self.timings = Timings()
+
+    def session(self, name: str, section: str):  # noqa: ANN201 - an onnxruntime.InferenceSession
+        """An ONNX session on the bundle's file `name`, its inputs checked against manifest[section]."""
+        sess = open_session(self.bundle.file(name), self.providers, self.threads)
+        check_inputs(sess, self.bundle.file(name), self.bundle.manifest[section]["inputs"])
+        return sess
 
     def pseudo_queries(self, n: int, top_m: float = 1.0, seed: int = 0) -> np.ndarray:
         """n database rows drawn from p_D truncated to its top-m fraction (as RissolePipeline.pseudo_queries)."""
@@ -59,11 +70,39 @@ class EdgeSampler:
     def neighbours(self, rows: np.ndarray) -> np.ndarray:
         """float32 conditioning (n, b, k, ...) of the pseudo-query rows, gathered from the memmap:
         rissole: each sample's k neighbours' same-position blocks (n, b, k, c, s, s), scaled;
-        rdm: the k neighbours' unit embeddings as the one block's conditioning (n, 1, k, d), unscaled."""
+        rdm, rarm: the k neighbours' unit embeddings as the one block's conditioning (n, 1, k, d), unscaled."""
         ids = np.asarray(self.bundle.neighbour_ids[np.asarray(rows)])
-        if self.bundle.kind == "rdm":
+        if self.bundle.kind in EMBEDDING_KINDS:
             return self.bundle.db.vectors(ids[:, : self.bundle.k])[:, None]
         return gather_neighbours(self.bundle.db, ids, self.bundle.k) * np.float32(self.bundle.scale_factor)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """uint8 images (n, C, H, W) from unscaled latents, max_samples at a time."""
+        t0 = time.perf_counter()
+        step = self.bundle.max_samples
+        out = [self.decoder.run(None, {"latents": np.ascontiguousarray(latents[s: s + step], dtype=np.float32)})[0]
+               for s in range(0, len(latents), step)]
+        self.timings.decode_s += time.perf_counter() - t0
+        return to_uint8(np.concatenate(out))
+
+
+def open_sampler(bundle: Bundle, provider: str = "auto", threads: int | None = None) -> BundleSampler:
+    """The sampler of the bundle's kind: EdgeSampler (rissole, rdm) or TokenEdgeSampler (rarm)."""
+    if bundle.kind == "rarm":
+        from rissole_runtime.token_sampler import TokenEdgeSampler
+
+        return TokenEdgeSampler(bundle, provider, threads)
+    return EdgeSampler(bundle, provider, threads)
+
+
+class EdgeSampler(BundleSampler):
+    """The diffusion kinds (rissole, rdm): the bundle's denoiser in the shared DDIM loop."""
+
+    def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None) -> None:
+        if bundle.kind not in DIFFUSION_KINDS:
+            raise RissoleError(f"{bundle.path}: a {bundle.kind} bundle has no denoiser; open it with open_sampler.")
+        super().__init__(bundle, provider, threads)
+        self.denoiser = self.session(DENOISER, "denoiser")
 
     def initial_noise(self, n: int, seed: int = 0) -> np.ndarray:
         c, s, _ = self.bundle.block_shape
@@ -92,8 +131,6 @@ class EdgeSampler:
                        guidance: float = 1.0, seed: int = 0, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Unscaled latents (n, c, h, w) from the conditioning of `neighbours` (n, b, k, ...) and noise
         (n, b, c, s, s), max_samples samples per network call."""
-        import time
-
         n, b = x_T.shape[:2]
         if self.bundle.retrieval and neighbours is None:
             raise RissoleError("this bundle's model conditions on neighbours: pass them (EdgeSampler.neighbours)")
@@ -108,19 +145,8 @@ class EdgeSampler:
             x = x_T[s:e].reshape((e - s) * b, *x_T.shape[2:])
             x = denoise(self._eps_fn(nb, e - s), sampler, x, noise_fn, t_fn, guidance, progress)
             out.append(merge_blocks(x.reshape(e - s, b, *x_T.shape[2:]), self.bundle.grid))
-        self.timings.denoise_s += time.perf_counter() - t0
+        self.timings.network_s += time.perf_counter() - t0
         return np.concatenate(out) / np.float32(self.bundle.scale_factor)
-
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        """uint8 images (n, C, H, W) from unscaled latents, max_samples at a time."""
-        import time
-
-        t0 = time.perf_counter()
-        step = self.bundle.max_samples
-        out = [self.decoder.run(None, {"latents": np.ascontiguousarray(latents[s: s + step], dtype=np.float32)})[0]
-               for s in range(0, len(latents), step)]
-        self.timings.decode_s += time.perf_counter() - t0
-        return to_uint8(np.concatenate(out))
 
     def sampler(self, steps: int, eta: float = 0.0) -> DDIMSampler:
         """DDIM over the bundle's schedule; the manifest's timesteps are checked for its own step count."""

@@ -1,8 +1,8 @@
-"""rissole-export and rissole-run for the RDM head: a tiny v-predicting RDM trained here on real Fashion-MNIST
-latents (the data of tests/neighbour_data.py), its bundle (onnx.checker, onnxruntime vs PyTorch, fp16 with
-fp32 norm layers, the embedding database hard-linked), sampling with torch blocked, pixel parity with
-NeighbourHeadPipeline, and refusals (an RARM checkpoint, a truncated embedding database, an embedding manifest
-of another d, a corrupt table under --verify)."""
+"""rissole-export and rissole-run for the RDM and RARM heads: a tiny v-predicting RDM and a tiny RARM trained here
+on real Fashion-MNIST latents (the data of tests/neighbour_data.py), their bundles (onnx.checker, onnxruntime vs
+PyTorch, fp16 with fp32 norm layers, the embedding database hard-linked), sampling with torch blocked, parity
+with NeighbourHeadPipeline (RDM: pixels; RARM: the drawn codes), and refusals (a truncated embedding database or
+codebook, an embedding manifest of another d, a corrupt table under --verify, DDIM options for an RARM bundle)."""
 
 from __future__ import annotations
 
@@ -20,12 +20,11 @@ import torch
 from neighbour_data import one_thread  # noqa: F401  (autouse)
 from neighbour_data import build_neighbour_data, randomise, rarm_config, rdm_config
 from rissole.diffusion.schedule import NoiseSchedule
-from rissole.errors import CheckpointError, DataError
+from rissole.errors import DataError
 from rissole_export.bundle_writer import ExportOptions, bundle_size, write_bundle
 from rissole_export.parity import cpu_session
-from rissole_export.sources import RARM_FOLLOW_UP
-from rissole_runtime.bundle import DB_DIR, DECODER, DENOISER, MANIFEST, open_bundle
-from rissole_runtime.sampler import EdgeSampler
+from rissole_runtime.bundle import CODEBOOK, CONTEXT, DB_DIR, DECODER, DENOISER, MANIFEST, STEP, open_bundle
+from rissole_runtime.sampler import EdgeSampler, open_sampler
 from test_runtime import run_runtime_without_torch
 
 MAX_SAMPLES = 4
@@ -36,10 +35,10 @@ def _randomise_checkpoint(ckpt: Path) -> None:
     """Random weights everywhere (also the zero-initialised output conv), so the neighbours and guidance move the
     output: a few training steps leave the conditioning silent, and a silent model makes parity trivial."""
     from rissole.checkpoint import load_checkpoint, save_checkpoint
-    from rissole.heads.rdm_train import build_model
+    from rissole.heads.rdm_pipeline import build_head
 
     c = load_checkpoint(ckpt)
-    model = randomise(build_model(c.config["model"]), seed=3)
+    model = randomise(build_head(c.kind, c.config["model"]), seed=3)
     rest = {k: v for k, v in c.config.items() if k not in ("kind", "format_version", "step")}
     state = model.state_dict()
     save_checkpoint(ckpt, c.kind, c.step, rest, {"model": state, "ema": state})
@@ -175,18 +174,106 @@ def test_rdm_runtime_images_match_the_pytorch_pipeline_within_one_level(rdm: dic
         np.testing.assert_array_equal(full, images)  # generate() = these steps
 
 
-def test_rarm_checkpoint_is_refused_as_a_follow_up(rdm: dict[str, Any], tmp_path: Path, capsys) -> None:  # noqa: ANN001
+@pytest.fixture(scope="module")
+def rarm(rdm: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """An RARM (k = 3) on the RDM's embedding database, randomised, and its bundle (default top-k 50, T 0.9)."""
     from rissole.heads.rarm_train import train_rarm
-    from rissole_export.cli import main
 
-    cfg = rarm_config(rdm["db_b"])
-    cfg["train"]["steps"] = 1
-    train_rarm(cfg, tmp_path / "rarm", progress=False)
-    with pytest.raises(CheckpointError, match="an RARM checkpoint.*RARM export is a follow-up"):
-        write_bundle(tmp_path / "rarm" / "final", tmp_path / "bundle", opts=ExportOptions(progress=False))
-    assert main([str(tmp_path / "rarm" / "final"), "--out", str(tmp_path / "bundle"), "--quiet"]) == 2
-    assert RARM_FOLLOW_UP in capsys.readouterr().err
-    assert not (tmp_path / "bundle").exists()
+    d = tmp_path_factory.mktemp("rarm_edge")
+    cfg = rarm_config(rdm["db_b"], k=K)
+    cfg["train"]["steps"] = 2
+    train_rarm(cfg, d / "run", progress=False)
+    ckpt = d / "run" / "final"
+    _randomise_checkpoint(ckpt)
+    opts = ExportOptions(max_samples=MAX_SAMPLES, top_k=50, temperature=0.9, progress=False)
+    manifest = write_bundle(ckpt, d / "bundle", opts=opts)
+    return {"ckpt": ckpt, "bundle": d / "bundle", "manifest": manifest, "report": opts.report}
+
+
+def test_rarm_bundle_passes_the_checker_and_matches_pytorch(rdm: dict[str, Any], rarm: dict[str, Any]) -> None:
+    """Context and step graphs checked at export (step: every position of real codes, teacher-forced); the
+    codebook is the VQ-GAN's, and codes -> codebook -> decoder.onnx gives the PyTorch decode_code images."""
+    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    from rissole_export.trtexec import engine_plans, trtexec_command
+    from rissole_runtime.token_sampler import codes_to_latents
+
+    bundle, m = rarm["bundle"], rarm["manifest"]
+    assert any(line.startswith("rarm context: onnx.checker ok") for line in rarm["report"])
+    assert any(line.startswith("rarm step: onnx.checker ok") and "64 positions" in line for line in rarm["report"])
+    model = m["model"]
+    assert (model["kind"], model["k"], model["seq_len"], model["vocab_size"], model["start_token"]) == \
+        ("rarm", K, 64, 1024, 1024)
+    assert m["sampler"] == {"kind": "tokens", "num_steps": 64, "top_k": 50, "temperature": 0.9}
+    assert m["schedule"] is None and "denoiser" not in m
+    assert m["context"]["parity_max_abs"] <= 1e-4 and m["step"]["parity_max_abs"] <= 1e-4
+    assert 0 < m["step"]["parity_max_abs"]  # a real comparison, not two copies of one output
+    h, dh = model["num_heads"], model["head_dim"]
+    assert list(m["step"]["inputs"])[:6] == ["token", "pos", "self_k0", "self_v0", "cross_k0", "cross_v0"]
+    assert m["step"]["inputs"]["self_k1"]["shape"] == ["batch", h, dh, 64]  # keys transposed
+    assert m["step"]["inputs"]["cross_v1"]["shape"] == ["batch", h, K * 64, dh]
+    assert m["step"]["outputs"]["kv_new"]["shape"] == ["batch", model["depth"], 2, h, 1, dh]
+    assert sorted(p.name for p in bundle.iterdir() if p.is_file()) == sorted(
+        [CODEBOOK, CONTEXT, DECODER, MANIFEST, STEP, "proposal.npy"])
+    assert os.path.samefile(bundle / DB_DIR / "blocks.npy", rdm["db_b"] / "blocks.npy")
+
+    pipe = NeighbourHeadPipeline.load(rarm["ckpt"], device="cpu")
+    book = np.load(bundle / CODEBOOK)
+    np.testing.assert_array_equal(book, pipe.vqgan.quantize.embedding.weight.detach().numpy())
+    codes = np.random.default_rng(0).integers(0, 1024, (3, 64))
+    images = open_sampler(open_bundle(bundle), "cpu", 1).decode(codes_to_latents(codes, book, (10, 8, 8)))
+    ref = pipe.decode_codes(torch.from_numpy(codes), 8, 8)
+    assert np.abs(images.astype(int) - ref.astype(int)).max() <= 1 and images.std() > 5
+
+    plans = engine_plans(bundle, m, fp16=True)
+    assert [p.onnx_path.name for p in plans] == [CONTEXT, STEP, DECODER]
+    step = " ".join(trtexec_command(plans[1]))
+    assert f"--maxShapes=token:{2 * MAX_SAMPLES},pos:{2 * MAX_SAMPLES},self_k0:{2 * MAX_SAMPLES}x{h}x{dh}x64," in step
+
+
+@pytest.mark.parametrize("seed,guidance,top_k,temperature", [(0, 1.0, 0, 1.0), (3, 2.0, 50, 0.9)])
+def test_rarm_runtime_draws_the_codes_pytorch_draws(rarm: dict[str, Any], seed: int, guidance: float, top_k: int,
+                                                     temperature: float) -> None:
+    """Same pseudo-query rows, same uniforms (PyTorch's generator stream fed to the runtime): the runtime's
+    KV-cached ONNX loop draws exactly NeighbourHeadPipeline's codes, and the images agree within one level."""
+    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+
+    edge = open_sampler(open_bundle(rarm["bundle"]), "cpu", 1)
+    pipe = NeighbourHeadPipeline.load(rarm["ckpt"], device="cpu")
+    n = MAX_SAMPLES  # one chunk: PyTorch draws n uniforms per position, so does the runtime
+    rows = edge.pseudo_queries(n, 1.0, seed)
+    np.testing.assert_array_equal(rows, pipe.pseudo_queries(n, 1.0, seed))
+    gen = torch.Generator().manual_seed(seed)
+    codes = edge.sample_codes(edge.neighbours(rows)[:, 0], lambda m: torch.rand(m, generator=gen, dtype=torch.float64)
+                              .numpy(), guidance, top_k, temperature)
+    ref_images, ref_codes = pipe.generate(pipe.table_neighbours(rows), seed=seed, guidance=guidance, top_k=top_k,
+                                          temperature=temperature)
+    np.testing.assert_array_equal(codes, ref_codes.numpy())
+    assert len(np.unique(codes)) > 20  # drawn, not collapsed onto one code
+    images = edge.decode(edge.latents(codes))
+    assert np.abs(images.astype(int) - ref_images.astype(int)).max() <= 1
+
+
+def test_rarm_runtime_samples_with_torch_blocked(rarm: dict[str, Any], tmp_path: Path) -> None:
+    res = run_runtime_without_torch(rarm["bundle"], tmp_path, sampling=("--top-k", "20"))
+    assert res.returncode == 0, res.stderr
+    assert "rarm, grid 1, k 3" in res.stdout and "top-k 20, temperature 0.9" in res.stdout
+    assert "(130 calls)" in res.stdout  # 5 images in chunks of 4 and 1: (1 context + 64 steps) each
+    images = np.load(tmp_path / "x.npy")
+    assert images.shape == (5, 1, 32, 32) and images.dtype == np.uint8 and images.std() > 5
+
+
+def test_rarm_bundle_refuses_ddim_options_and_a_truncated_codebook(rarm: dict[str, Any], tmp_path: Path,
+                                                                     capsys) -> None:  # noqa: ANN001
+    from rissole_runtime.cli import main as run_main
+
+    out = tmp_path / "g.png"
+    assert run_main([str(rarm["bundle"]), "-n", "1", "--steps", "10", "--out", str(out), "--quiet"]) == 2
+    assert "--steps and --eta are for diffusion bundles" in capsys.readouterr().err and not out.exists()
+    copy = tmp_path / "bundle"
+    shutil.copytree(rarm["bundle"], copy)
+    (copy / CODEBOOK).write_bytes((copy / CODEBOOK).read_bytes()[:-40])
+    with pytest.raises(DataError, match=r"codebook\.npy: .* the file is truncated"):
+        open_bundle(copy)
 
 
 @pytest.fixture
@@ -207,9 +294,9 @@ def test_rdm_bundle_parts_that_disagree_are_refused(copy: Path) -> None:
     with pytest.raises(DataError, match=r"db/manifest\.json: latent_shape is \[640, 1, 1\], but .* expects "
                                         r"\[320, 1, 1\]"):
         open_bundle(copy)
-    bad["model"]["kind"] = "rarm"
+    bad["model"]["kind"] = "gan"
     (copy / MANIFEST).write_text(json.dumps(bad))
-    with pytest.raises(DataError, match="kind 'rarm'; this runtime samples rissole and rdm bundles"):
+    with pytest.raises(DataError, match="kind 'gan'; this runtime samples rissole, rdm, rarm bundles"):
         open_bundle(copy)
     (copy / MANIFEST).write_text(json.dumps(m))
     ids = copy / DB_DIR / "neighbours" / "database.ids.npy"

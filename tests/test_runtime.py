@@ -30,10 +30,11 @@ sys.meta_path.insert(0, _NoTorch())
 '''
 
 
-def run_runtime_without_torch(bundle: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+def run_runtime_without_torch(bundle: Path, tmp_path: Path,
+                              sampling: tuple[str, ...] = ("--steps", "4")) -> subprocess.CompletedProcess:
     """`rissole-run BUNDLE` in a fresh interpreter where importing torch fails (as on a device without
-    PyTorch), writing tmp_path/grid.png and tmp_path/x.npy (5 images, 4 steps, guidance 2, top-m 0.5, --verify);
-    fails if torch got imported anyway."""
+    PyTorch), writing tmp_path/grid.png and tmp_path/x.npy (5 images, `sampling` (default 4 DDIM steps),
+    guidance 2, top-m 0.5, --verify); fails if torch got imported anyway."""
     (tmp_path / "block").mkdir()
     (tmp_path / "block" / "sitecustomize.py").write_text(BLOCKER)
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "block"), "OMP_NUM_THREADS": "1"}
@@ -41,7 +42,7 @@ def run_runtime_without_torch(bundle: Path, tmp_path: Path) -> subprocess.Comple
     assert probe.returncode != 0 and "blocked by the test" in probe.stderr  # the blocker works
     code = ("import sys; from rissole_runtime.cli import main; rc = main(sys.argv[1:]); "
             "assert not [m for m in sys.modules if m.split('.')[0] == 'torch'], 'torch was imported'; sys.exit(rc)")
-    return subprocess.run([sys.executable, "-c", code, str(bundle), "-n", "5", "--steps", "4", "--out",
+    return subprocess.run([sys.executable, "-c", code, str(bundle), "-n", "5", *sampling, "--out",
                            str(tmp_path / "grid.png"), "--npy", str(tmp_path / "x.npy"), "--seed", "2", "--top-m", "0.5",
                            "--guidance", "2", "--verify", "--quiet"], env=env, capture_output=True, text=True, timeout=120)
 

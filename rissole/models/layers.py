@@ -108,8 +108,10 @@ class CrossAttention(nn.Module):
         """Per-head keys and values of a context: computed once and reused at every sampling step."""
         return self.heads(self.to_k(context)), self.heads(self.to_v(context))
 
-    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        out = F.scaled_dot_product_attention(self.heads(self.to_q(x)), k, v, is_causal=causal)
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Queries of x against per-head keys/values; `mask` (bool, True = may attend) broadcasts to the scores."""
+        out = F.scaled_dot_product_attention(self.heads(self.to_q(x)), k, v, attn_mask=mask, is_causal=causal)
         b, h, n, dh = out.shape
         return self.to_out(out.transpose(1, 2).reshape(b, n, h * dh))
 
