@@ -2,7 +2,7 @@
 
 RARM samples code by code, so where a diffusion bundle has one denoiser the RARM bundle has two
 graphs (rissole_export.graphs): the neighbours' cross-attention keys/values, run once per sample,
-and one decoding position, the key-value cache in and its new slot out, run seq_len times. The codebook
+and one decoding position (the key-value cache in, its new slot out), run seq_len times. The codebook
 (vocab, c) turns the drawn codes into latents for the same decoder.onnx as the diffusion kinds
 (the decoder's quantiser maps a codebook vector to itself).
 
@@ -29,7 +29,7 @@ from rissole_export.sources import ExportSource, real_neighbour_embeddings
 from rissole_runtime.bundle import CODEBOOK, CONTEXT, STEP
 from rissole_runtime.token_sampler import KVCache, context_feeds
 
-RARM_FP32_ROOTS = ("",)  # the cache blend, the position mask and the embeddings: plain ops at the graph's root
+RARM_FP32_ROOTS = ("",)  # the position mask, the attention arithmetic, the embeddings: ops at the graph root
 
 
 def codebook(src: ExportSource) -> np.ndarray:

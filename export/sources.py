@@ -38,13 +38,17 @@ from rissole.retrieval.neighbours import open_table
 from rissole_export.graphs import EpsDenoiserGraph, RDMEpsGraph
 from rissole_runtime.bundle import TABLE
 
+EMBEDDING_CONDITIONING = ("neighbours (B, k, d): unit embeddings gathered from db/blocks.npy (1, rows, d) at the "
+                          "`database` table's ids of the pseudo-query row; not scaled")
+
+
 @dataclass
 class ExportSource:
     """One checkpoint's parts for the bundle: the eps graph, real inputs for the parity checks, what to ship."""
 
     kind: str
     config: dict[str, Any]  # the checkpoint's run config (scale_factor, vqgan_hash, step)
-    graph: nn.Module | None  # diffusion kinds: (inputs) -> eps, float32, eval; rarm: None (rarm_graphs)
+    graph: nn.Module | None  # diffusion kinds: (inputs) -> eps, float32, eval; rarm: None (rissole_export.rarm_parts)
     input_names: list[str]
     vqgan: nn.Module
     db: BlockDatabase  # shipped as db/ (a block database, or an embedding database: grid 1)
@@ -111,8 +115,7 @@ def rdm_source(pipe: Any) -> ExportSource:
     model = {"kind": "rdm", "grid": 1, "num_blocks": 1, "k": cfg.k, "latent_shape": shape, "block_shape": shape,
              "retrieval": True, "position": False, "key": KEY_MODE, "prediction": cfg.prediction,
              "embedding": pipe.edb.spec.to_dict(),
-             "conditioning": "neighbours (B, k, d): unit embeddings gathered from db/blocks.npy (1, rows, d) at the "
-                             "`database` table's ids of the pseudo-query row; not scaled"}
+             "conditioning": EMBEDDING_CONDITIONING}
     return ExportSource("rdm", pipe.config, graph, graph.input_names(), pipe.vqgan.float().eval(), pipe.edb.db,
                         schedule, model, "all-zero neighbour embeddings", "neighbour embedding database", pipe)
 
@@ -128,8 +131,7 @@ def rarm_source(pipe: Any) -> ExportSource:
              "vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len, "start_token": pipe.model.start_token,
              "depth": cfg.depth, "num_heads": cfg.num_heads, "head_dim": cfg.width // cfg.num_heads,
              "context_len": cfg.k * cfg.context_tokens,
-             "conditioning": "neighbours (B, k, d): unit embeddings gathered from db/blocks.npy (1, rows, d) at the "
-                             "`database` table's ids of the pseudo-query row; not scaled"}
+             "conditioning": EMBEDDING_CONDITIONING}
     return ExportSource("rarm", pipe.config, None, [], pipe.vqgan.float().eval(), pipe.edb.db, None, model,
                         "all-zero neighbour embeddings", "neighbour embedding database", pipe)
 
