@@ -36,7 +36,7 @@ from rissole.retrieval.blocks import merge_blocks
 from rissole.retrieval.database import BlockDatabase, gather_neighbours
 from rissole.retrieval.neighbours import open_table
 from rissole_export.graphs import EpsDenoiserGraph, RDMEpsGraph
-from rissole_runtime.bundle import TABLE
+from rissole_runtime.bundle import DIFFUSION_KINDS, EMBEDDING_KINDS, TABLE
 
 EMBEDDING_CONDITIONING = ("neighbours (B, k, d): unit embeddings gathered from db/blocks.npy (1, rows, d) at the "
                           "`database` table's ids of the pseudo-query row; not scaled")
@@ -68,7 +68,7 @@ class ExportSource:
 
     @property
     def diffusion(self) -> bool:
-        return self.kind != "rarm"
+        return self.kind in DIFFUSION_KINDS
 
     @property
     def scale_factor(self) -> float:
@@ -80,7 +80,7 @@ def load_source(ckpt: str | os.PathLike, db: str | os.PathLike | None = None,
                 vqgan: str | os.PathLike | None = None) -> ExportSource:
     """The export source of `ckpt` by its kind (the checkpoint's config.yaml)."""
     kind = load_checkpoint(ckpt).kind
-    if kind in ("rdm", "rarm"):
+    if kind in EMBEDDING_KINDS:
         from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
 
         pipe = NeighbourHeadPipeline.load(ckpt, database=db, vqgan=vqgan, device="cpu")
@@ -172,7 +172,7 @@ def real_denoiser_inputs(src: ExportSource, n: int, seed: int) -> dict[str, np.n
 def real_latents(src: ExportSource, n: int, seed: int) -> np.ndarray:
     """Unscaled real latents (n, c, h, w) for the decoder's parity check."""
     rows = np.random.default_rng(seed).choice(src.db.rows, size=n, replace=False)
-    if src.kind in ("rdm", "rarm"):
+    if src.kind in EMBEDDING_KINDS:
         lat = src.pipe.edb.latents(rows)
     else:
         lat = merge_blocks(src.db.blocks(rows), src.db.grid)

@@ -54,6 +54,7 @@ DB_DIR = "db"
 TABLE = "database"
 KINDS = ("rissole", "rdm", "rarm")
 EMBEDDING_KINDS = ("rdm", "rarm")  # db/ is an embedding database
+DIFFUSION_KINDS = ("rissole", "rdm")  # denoiser.onnx in the DDIM loop; rarm draws codes instead
 FIX = "Re-export the bundle with `rissole-export CKPT --out BUNDLE`."
 
 

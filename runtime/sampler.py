@@ -27,11 +27,8 @@ from rissole.errors import RissoleError
 from rissole.retrieval.blocks import merge_blocks
 from rissole.retrieval.database import gather_neighbours
 from rissole.retrieval.proposal import PseudoQuerySampler
-from rissole_runtime.bundle import DECODER, DENOISER, EMBEDDING_KINDS, Bundle
+from rissole_runtime.bundle import DECODER, DENOISER, DIFFUSION_KINDS, EMBEDDING_KINDS, Bundle
 from rissole_runtime.session import check_inputs, open_session, providers_for, used_provider
-
-
-DIFFUSION_KINDS = ("rissole", "rdm")
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
