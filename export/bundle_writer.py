@@ -25,7 +25,7 @@ from tqdm import tqdm
 import rissole
 from rissole.diffusion.schedule import DDIMSampler
 from rissole.errors import DataError
-from rissole.fileio import atomic_dir, atomic_path, sha256_file, write_json_atomic
+from rissole.fileio import BUNDLE, atomic_dir, check_replace, atomic_path, sha256_file, write_json_atomic
 from rissole.retrieval.database import BLOCKS_FILE, MANIFEST_FILE, BlockDatabase, open_database
 from rissole.retrieval.neighbours import open_table, save_table
 from rissole.retrieval.proposal import proposal_from_table
@@ -194,12 +194,11 @@ def write_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, db: str | os.P
     returns the manifest. `db` is the block database (RISSOLE) or the embedding database (RDM, RARM)."""
     opts = opts or ExportOptions()
     out = Path(out)
-    if (out / MANIFEST).exists() and not opts.overwrite:
-        raise DataError(f"{out}: a bundle is already there. Pass --force to replace it.")
+    check_replace(out, BUNDLE, opts.overwrite)  # before the (slow) load; atomic_dir checks again under its lock
     src = load_source(ckpt, db=db, vqgan=vqgan)
     src_db = src.db
     b = int(src.model["num_blocks"])
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, BUNDLE, force=opts.overwrite) as tmp:
         networks = _export_networks(src, tmp, opts)
         decoder = export_decoder(src, tmp / DECODER, opts)
         bundle_db, how = _write_database(src_db, tmp / DB_DIR, src.k, src.retrieval, opts.link, opts.progress)

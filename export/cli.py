@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from rissole.errors import run_command
+from rissole_runtime import argtypes as at
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,21 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(default: the one in the checkpoint's config)")
     p.add_argument("--vqgan", default=None, help="VQ-GAN checkpoint (default: the one in the checkpoint's config)")
     p.add_argument("--fp16", action="store_true", help="store the ONNX models in fp16, normalisation layers kept fp32")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
-    p.add_argument("--max-samples", type=int, default=16,
+    p.add_argument("--opset", type=at.int_range(17), default=17, help="ONNX opset (>= 17)")
+    p.add_argument("--max-samples", type=at.positive_int, default=16,
                    help="samples per network call; the batch axis spans b .. max_samples * b * 2 (guidance)")
-    p.add_argument("--steps", type=int, default=50, help="default DDIM steps recorded in the manifest (RISSOLE, RDM)")
-    p.add_argument("--top-k", type=int, default=0, help="default top-k recorded in the manifest (RARM; 0 = all codes)")
-    p.add_argument("--temperature", type=float, default=1.0, help="default temperature recorded in the manifest (RARM)")
-    p.add_argument("--guidance", type=float, default=1.0, help="default guidance scale recorded in the manifest")
-    p.add_argument("--top-m", type=float, default=1.0, help="default top-m recorded in the manifest")
+    p.add_argument("--steps", type=at.steps, default=50, help="default DDIM steps recorded in the manifest (RISSOLE, RDM)")
+    p.add_argument("--top-k", type=at.non_negative_int, default=0, help="default top-k recorded in the manifest (RARM; 0 = all codes)")
+    p.add_argument("--temperature", type=at.TEMPERATURE, default=1.0, help="default temperature recorded in the manifest (RARM)")
+    p.add_argument("--guidance", type=at.GUIDANCE, default=1.0, help="default guidance scale recorded in the manifest")
+    p.add_argument("--top-m", type=at.fraction, default=1.0, help="default top-m recorded in the manifest")
     p.add_argument("--copy-db", action="store_true", help="copy blocks.npy even where a hard link is possible")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--force", action="store_true", help="replace an edge bundle already at --out (nothing else is ever replaced)")
     p.add_argument("--engine", action="store_true",
                    help="also build TensorRT engines (on the device); prints the trtexec commands where it cannot")
     p.add_argument("--engine-precision", choices=("fp16", "fp32"), default="fp16",
                    help="engine precision; fp16 keeps the normalisation layers in fp32")
-    p.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT workspace limit in MiB (8 GB devices)")
+    p.add_argument("--workspace-mb", type=at.positive_int, default=1024, help="TensorRT workspace limit in MiB (8 GB devices)")
     p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file (default: BUNDLE/timing.cache)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

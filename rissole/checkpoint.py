@@ -27,9 +27,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from rissole.errors import CheckpointError
-from rissole.fileio import atomic_dir, sha256_file
+from rissole_runtime.validate import DICT, INT, STR, Field, check_schema
+from rissole.fileio import CHECKPOINT, atomic_dir, sha256_file
 
 FORMAT_VERSION = 1
+CONFIG_SCHEMA = {"kind": Field(STR), "step": Field(INT, required=False, min=0), "model": Field(DICT)}
 
 
 @dataclass
@@ -100,11 +102,15 @@ def save_checkpoint(
     weights: dict[str, dict[str, torch.Tensor]],
     trainer_tensors: dict[str, torch.Tensor] | None = None,
     trainer_meta: dict[str, Any] | None = None,
+    replace: bool = True,
 ) -> Path:
-    """Write a checkpoint directory atomically; the previous one at `path` survives any failure."""
+    """Write a checkpoint directory atomically; the previous one at `path` survives any failure.
+
+    Only a checkpoint is ever replaced at `path`, and only with `replace` (a run's own checkpoint/ and final/;
+    commands writing to a user's --out pass their --force)."""
     path = Path(path)
     full_config = {"kind": kind, "format_version": FORMAT_VERSION, "step": int(step), **config}
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, CHECKPOINT, force=replace) as tmp:
         (tmp / "config.yaml").write_text(yaml.safe_dump(full_config, sort_keys=False))
         for name, state in weights.items():
             save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
@@ -119,8 +125,9 @@ def load_checkpoint(path: str | os.PathLike, expect_kind: str | None = None, wit
     path = Path(path)
     cfg_file = path / "config.yaml"
     if not cfg_file.is_file():
-        old = path.with_name(path.name + ".old")
-        hint = f" An interrupted save left {old}; rename it to {path} to use it." if (old / "config.yaml").is_file() else ""
+        olds = sorted(p for p in path.parent.glob(f".{path.name}.*.old") if (p / "config.yaml").is_file())
+        hint = (f" An interrupted save left {olds[-1]}; the next save puts it back, or rename it to {path}."
+                if olds else "")
         raise CheckpointError(f"{path}: not a rissole checkpoint (no config.yaml).{hint}")
     try:
         config = yaml.safe_load(cfg_file.read_text())
@@ -129,6 +136,7 @@ def load_checkpoint(path: str | os.PathLike, expect_kind: str | None = None, wit
     if not isinstance(config, dict) or config.get("format_version") != FORMAT_VERSION:
         found = config.get("format_version") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{cfg_file}: expected format_version {FORMAT_VERSION}, found {found}.")
+    check_schema(config, CONFIG_SCHEMA, cfg_file, error=CheckpointError)
     if expect_kind is not None and config.get("kind") != expect_kind:
         raise CheckpointError(
             f"{path}: expected a {expect_kind} checkpoint, found kind {config.get('kind')!r}. Pass the right directory."
@@ -145,8 +153,20 @@ def load_checkpoint(path: str | os.PathLike, expect_kind: str | None = None, wit
         if not tfile.is_file():
             raise CheckpointError(f"{path}: no trainer state to resume from (trainer.safetensors missing).")
         ckpt.trainer_tensors = _load_safetensors(tfile)
-        ckpt.trainer_meta = json.loads((path / "trainer.json").read_text())
+        ckpt.trainer_meta = _load_trainer_meta(path / "trainer.json")
     return ckpt
+
+
+def _load_trainer_meta(f: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{f}: missing; the trainer state cannot be resumed. Start a new run.") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{f}: corrupt trainer state ({exc}); expected the JSON the trainer wrote. "
+                              "Resume from an intact checkpoint or start a new run.") from exc
+    check_schema(meta, {"opt": Field(DICT)}, f, error=CheckpointError, fix="Start a new run.")
+    return meta
 
 
 def _load_safetensors(f: Path) -> dict[str, torch.Tensor]:

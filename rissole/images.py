@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from rissole.fileio import atomic_path
+from rissole.fileio import PNG, atomic_path
 
 
 def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
@@ -30,7 +30,7 @@ def save_png(array: np.ndarray, path: str | os.PathLike, scale: int = 1) -> Path
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
+    with atomic_path(path, suffix=".png", kind=PNG) as tmp:  # refuses to replace anything but a PNG
         img.save(tmp, format="PNG")
     return path
 

@@ -22,10 +22,16 @@ from tqdm import tqdm
 
 from rissole.data.transforms import to_model_range
 from rissole.errors import DataError
-from rissole.fileio import atomic_path, write_json_atomic
+from rissole.fileio import LATENTS, atomic_path, check_replace, check_sidecars, create_memmap, output_lock, write_json_atomic
+from rissole_runtime.validate import INT, LIST, STR, Field, check_finite, check_schema, contained_path
 
 FORMAT = "rissole-latents"
 FORMAT_VERSION = 1
+MANIFEST_SCHEMA = {
+    "format": Field(STR), "format_version": Field(INT), "shape": Field(LIST, items=INT, min=1),
+    "dtype": Field(STR), "checkpoint_hash": Field(STR), "labels": Field(STR, required=False, nullable=True),
+    "source": Field(STR, required=False, nullable=True),
+}
 
 
 @dataclass
@@ -42,7 +48,13 @@ class Latents:
 
     def labels(self) -> np.ndarray | None:
         name = self.manifest.get("labels")
-        return np.load(self.path.parent / name) if name else None
+        if not name:
+            return None
+        labels = np.load(contained_path(self.path.parent, name, f"{manifest_path(self.path)} (labels)"))
+        if labels.shape != (len(self.array),) or labels.dtype.kind not in "iu":
+            raise DataError(f"{self.path.parent / name}: labels {labels.dtype} {list(labels.shape)}, expected integers "
+                            f"[{len(self.array)}] (one per row). Re-run `rissole encode`.")
+        return labels
 
 
 def manifest_path(npy_path: Path) -> Path:
@@ -61,19 +73,32 @@ def encode_images(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    force: bool = False,
 ) -> Latents:
-    """Encode uint8 images (N, C, H, W) batch by batch straight into a .npy memmap, then write the manifest."""
+    """Encode uint8 images (N, C, H, W) batch by batch straight into a .npy memmap, then write the manifest.
+
+    Only a latents file is replaced at `out_path` (and its .json beside it), and only with `force`."""
     out_path = Path(out_path)
     n = images.shape[0]
     probe = model.encode(to_model_range(images[:1]).to(device))
     shape = (n, *probe.shape[1:])
-    with atomic_path(out_path, suffix=".npy") as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-        for start in tqdm(range(0, n, batch_size), desc="encode", unit="batch", disable=not progress):
-            x = to_model_range(images[start : start + batch_size]).to(device)
-            arr[start : start + x.shape[0]] = model.encode(x).float().cpu().numpy()
-        arr.flush()
-        del arr
+    with output_lock(out_path):
+        check_replace(out_path, LATENTS, force)
+        check_sidecars(out_path, LATENTS, [manifest_path(out_path), out_path.with_name(out_path.stem + ".labels.npy")])
+        with atomic_path(out_path, suffix=".npy") as tmp:
+            arr = create_memmap(tmp, np.float32, shape, "the latents")
+            for start in tqdm(range(0, n, batch_size), desc="encode", unit="batch", disable=not progress):
+                x = to_model_range(images[start : start + batch_size]).to(device)
+                z = model.encode(x).float().cpu().numpy()
+                check_finite(z, f"the VQ-GAN's latents of images {start}..{start + len(z) - 1}")
+                arr[start : start + x.shape[0]] = z
+            arr.flush()
+            del arr
+        return _write_manifest(out_path, shape, n, checkpoint, checkpoint_hash, source, labels)
+
+
+def _write_manifest(out_path: Path, shape: tuple[int, ...], n: int, checkpoint: str, checkpoint_hash: str,
+                    source: str, labels: np.ndarray | None) -> Latents:
     labels_name = None
     if labels is not None:
         labels_name = out_path.stem + ".labels.npy"
@@ -100,9 +125,14 @@ def open_latents(path: str | os.PathLike) -> Latents:
     mpath = manifest_path(path)
     if not mpath.is_file():
         raise DataError(f"{mpath}: manifest not found beside {path}. Re-create both with `rissole encode`.")
-    manifest = json.loads(mpath.read_text())
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{mpath}: corrupt manifest ({exc}). Re-create it with `rissole encode`.") from exc
+    check_schema(manifest, {}, mpath)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{mpath}: expected {FORMAT} v{FORMAT_VERSION}, found {manifest.get('format')} v{manifest.get('format_version')}.")
+    check_schema(manifest, MANIFEST_SCHEMA, mpath, fix="Re-run `rissole encode`.")
     try:
         arr = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as exc:

@@ -36,10 +36,11 @@ from typing import Any
 import numpy as np
 
 from rissole.diffusion.schedule import NoiseSchedule
-from rissole.errors import DataError
 from rissole.fileio import sha256_file
 from rissole.retrieval.database import BlockDatabase, open_database
 from rissole.retrieval.neighbours import open_table
+from rissole_runtime.errors import DataError
+from rissole_runtime.validate import BOOL, DICT, INT, LIST, NUM, STR, Field, check_schema, contained_path
 
 FORMAT = "rissole-edge-bundle"
 FORMAT_VERSION = 1
@@ -56,6 +57,27 @@ KINDS = ("rissole", "rdm", "rarm")
 EMBEDDING_KINDS = ("rdm", "rarm")  # db/ is an embedding database
 DIFFUSION_KINDS = ("rissole", "rdm")  # denoiser.onnx in the DDIM loop; rarm draws codes instead
 FIX = "Re-export the bundle with `rissole-export CKPT --out BUNDLE`."
+
+# What the runtime reads from manifest.json, checked when the bundle opens (a bundle is untrusted input).
+SHAPE = Field(LIST, length=3, items=INT, min=1)
+MANIFEST_SCHEMA = {
+    "format": Field(STR), "format_version": Field(INT), "model": Field(DICT), "files": Field(DICT),
+    "database": Field(DICT), "decoder": Field(DICT), "sampler": Field(DICT), "batch": Field(DICT),
+    "scale_factor": Field(NUM), "schedule": Field(DICT, nullable=True), "guidance": Field(NUM),
+    "top_m": Field(NUM),
+}
+MODEL_SCHEMA = {
+    "kind": Field(STR, required=False), "grid": Field(INT, min=1), "num_blocks": Field(INT, min=1),
+    "k": Field(INT, min=0), "latent_shape": SHAPE, "block_shape": SHAPE, "retrieval": Field(BOOL),
+    "position": Field(BOOL),
+}
+SECTION_SCHEMAS = {
+    "database": {"rows": Field(INT, min=1), "dtype": Field(STR), "sha256": Field(STR)},
+    "batch": {"max_samples": Field(INT, min=1)},
+    "sampler": {"num_steps": Field(INT, min=1)},
+    "decoder": {"inputs": Field(DICT)},
+}
+FILE_SCHEMA = {"bytes": Field(INT, min=0), "sha256": Field(STR)}
 
 
 @dataclass
@@ -114,7 +136,13 @@ class Bundle:
         return int(self.manifest["batch"]["max_samples"])
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        return member(self.path, name)
+
+
+def member(root: Path, rel: str, what: str = "the bundle manifest") -> Path:
+    """The one way the runtime turns a name from a bundle into a path: refused unless it stays inside the bundle
+    (no absolute path, no `..`, no symlink resolving outside)."""
+    return contained_path(root, rel, what)
 
 
 def _fail(part: Path | str, msg: str) -> DataError:
@@ -144,8 +172,17 @@ def read_manifest(path: Path) -> dict[str, Any]:
         manifest = json.loads(mpath.read_text())
     except json.JSONDecodeError as exc:
         raise _fail(mpath, f"corrupt JSON ({exc}).") from exc
+    check_schema(manifest, {"format": Field(STR, nullable=True), "format_version": Field(INT, nullable=True)},
+                 mpath, fix=FIX)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise _fail(mpath, f"expected {FORMAT} v{FORMAT_VERSION}, found {manifest.get('format')} v{manifest.get('format_version')}.")
+    check_schema(manifest, MANIFEST_SCHEMA, mpath, fix=FIX)
+    check_schema(manifest["model"], MODEL_SCHEMA, mpath, "model", fix=FIX)
+    for section, schema in SECTION_SCHEMAS.items():
+        check_schema(manifest[section], schema, mpath, section, fix=FIX)
+    for rel, info in manifest["files"].items():
+        member(path, rel, f"{mpath} (files)")
+        check_schema(info, FILE_SCHEMA, mpath, f"files.{rel}", fix=FIX)
     if model_kind(manifest) not in KINDS:
         raise _fail(mpath, f"a bundle of kind {model_kind(manifest)!r}; this runtime samples "
                            f"{', '.join(KINDS)} bundles.")
@@ -165,7 +202,7 @@ def _check_self_consistent(mpath: Path, model: dict[str, Any]) -> None:
 def check_files(path: Path, manifest: dict[str, Any], verify: bool, progress: bool = False) -> None:
     """Every listed file is present with its size; with verify, its sha256 too."""
     for rel, info in manifest["files"].items():
-        f = path / rel
+        f = member(path, rel, "the manifest's files")
         if not f.is_file():
             raise _fail(f, f"missing ({info.get('role', 'part of the bundle')}).")
         size = f.stat().st_size
@@ -174,7 +211,7 @@ def check_files(path: Path, manifest: dict[str, Any], verify: bool, progress: bo
                            "belongs to another export.")
     if verify:
         for rel, info in manifest["files"].items():
-            found = sha256_file(path / rel, progress=progress)
+            found = sha256_file(member(path, rel, "the manifest's files"), progress=progress)
             if found != info["sha256"]:
                 raise _fail(path / rel, f"sha256 {found[:16]}, the manifest expects {info['sha256'][:16]}: the file is corrupt.")
 
@@ -198,7 +235,7 @@ def check_database(path: Path, manifest: dict[str, Any], db: BlockDatabase) -> N
 
 def _check_codebook(path: Path, manifest: dict[str, Any]) -> None:
     """An RARM bundle's codebook must have one row per code and the latent's channels."""
-    book = np.load(path / CODEBOOK, mmap_mode="r")
+    book = np.load(member(path, CODEBOOK), mmap_mode="r")
     want = [int(manifest["model"]["vocab_size"]), int(manifest["model"]["latent_shape"][0])]
     if list(book.shape) != want or book.dtype != np.float32:
         raise _fail(path / CODEBOOK, f"{book.dtype} {list(book.shape)}, expected float32 {want} (codes, channels).")
@@ -210,6 +247,8 @@ def open_bundle(path: str | os.PathLike, verify: bool = False, progress: bool = 
     if not path.is_dir():
         raise DataError(f"{path}: no such bundle directory. Write one with `rissole-export CKPT --out {path}`.")
     manifest = read_manifest(path)
+    for f in sorted(path.rglob("*")):  # fixed names too (db/, decoder.onnx...) may be symlinks leaving the bundle
+        member(path, f.relative_to(path).as_posix(), "a file in the bundle")
     db = open_database(path / DB_DIR)  # checks blocks.npy against the database manifest (size, shape, dtype)
     check_database(path, manifest, db)
     check_files(path, manifest, verify, progress)
@@ -223,7 +262,7 @@ def open_bundle(path: str | os.PathLike, verify: bool = False, progress: bool = 
             raise _fail(db.path / "neighbours", f"table {TABLE!r} is {list(table.ids.shape)}, expected "
                                                 f"{[rows, manifest['model']['k']]} (rows, k).")
         ids = table.ids
-    proposal = np.load(path / PROPOSAL, mmap_mode="r")
+    proposal = np.load(member(path, PROPOSAL), mmap_mode="r")
     if proposal.shape != (rows,) or proposal.dtype != np.float64:
         raise _fail(path / PROPOSAL, f"{proposal.dtype} {list(proposal.shape)}, expected float64 [{rows}].")
     return Bundle(path, manifest, db, ids, np.asarray(proposal))

@@ -5,30 +5,34 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-from rissole.errors import ConfigError, run_command
+from rissole_runtime import argtypes as at
+from rissole_runtime.errors import ConfigError, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rissole-run",
                                 description="Sample images from a bundle written by rissole-export, without PyTorch.")
     p.add_argument("bundle", help="bundle directory")
-    p.add_argument("-n", type=int, default=16, help="number of images")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the manifest's; diffusion bundles)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic; diffusion bundles)")
-    p.add_argument("--top-k", type=int, default=None, help="RARM: keep the top-k codes at each position (0 = all; "
+    p.add_argument("-n", type=at.positive_int, default=16, help="number of images (>= 1; sampled in batches of 256)")
+    p.add_argument("--steps", type=at.steps, default=None, help="DDIM steps, 1..1000 (default: the manifest's; "
+                                                              "diffusion bundles)")
+    p.add_argument("--eta", type=at.float_range(0.0, 1.0), default=0.0, help="DDIM eta in [0, 1] (0: deterministic; "
+                                                                             "diffusion bundles)")
+    p.add_argument("--top-k", type=at.non_negative_int, default=None, help="RARM: keep the top-k codes at each position (0 = all; "
                                                            "default: the manifest's)")
-    p.add_argument("--temperature", type=float, default=None, help="RARM: sampling temperature (default: the "
-                                                                   "manifest's)")
+    p.add_argument("--temperature", type=at.positive_float, default=None, help="RARM: sampling temperature > 0 "
+                                                                            "(default: the manifest's)")
     p.add_argument("--out", default="grid.png", help="PNG grid to write")
     p.add_argument("--npy", default=None, help="also save the uint8 images (n, C, H, W) as .npy")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pseudo-queries and the noise (RARM: the draws)")
-    p.add_argument("--top-m", type=float, default=None, help="top-m fraction of p_D (default: the manifest's)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the manifest's)")
+    p.add_argument("--seed", type=at.seed, default=0, help="seed of the pseudo-queries and the noise (RARM: the draws)")
+    p.add_argument("--top-m", type=at.fraction, default=None, help="top-m fraction of p_D, in (0, 1] (default: the "
+                                                                       "manifest's)")
+    p.add_argument("--guidance", type=at.finite_float, default=None, help="guidance scale, a finite number (default: "
+                                                                            "the manifest's)")
     p.add_argument("--provider", default="auto", choices=("auto", "tensorrt", "cuda", "cpu"),
                    help="execution provider (auto: TensorRT, CUDA, CPU, first available)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: OMP_NUM_THREADS "
+    p.add_argument("--threads", type=at.positive_int, default=None, help="onnxruntime intra-op threads (default: OMP_NUM_THREADS "
                                                               "or onnxruntime's choice)")
     p.add_argument("--verify", action="store_true", help="recompute every file's sha256 before sampling")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -39,13 +43,18 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from rissole.fileio import atomic_path
+    from rissole.cli.sample_files import npy_store
+    from rissole.fileio import NPY, PNG, check_replace
     from rissole.images import save_grid
+    from rissole_runtime.batches import BATCH, generate_in_batches
     from rissole_runtime.bundle import open_bundle
     from rissole_runtime.sampler import open_sampler
     from rissole_runtime.session import default_threads
 
     t0 = time.perf_counter()
+    for path, kind in ((args.out, PNG), (args.npy, NPY)):
+        if path:
+            check_replace(path, kind)  # before anything runs: never replace what is not a PNG / a .npy
     bundle = open_bundle(args.bundle, verify=args.verify, progress=not args.quiet)
     threads = args.threads if args.threads is not None else default_threads()
     edge = open_sampler(bundle, args.provider, threads)
@@ -54,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     recorded = bundle.manifest["sampler"]
     guidance = bundle.manifest["guidance"] if args.guidance is None else args.guidance
     top_m = bundle.manifest["top_m"] if args.top_m is None else args.top_m
-    chunks = -(-args.n // bundle.max_samples)
+    chunks = sum(-(-min(BATCH, args.n - s) // bundle.max_samples) for s in range(0, args.n, BATCH))
     if bundle.kind == "rarm":
         if args.steps is not None or args.eta:
             raise ConfigError(f"{bundle.path}: an RARM bundle draws its {recorded['num_steps']} code positions one by "
@@ -63,22 +72,27 @@ def run(args: argparse.Namespace) -> int:
         temperature = recorded["temperature"] if args.temperature is None else args.temperature
         steps = int(recorded["num_steps"])
         what = f"RARM, {steps} codes, top-k {top_k}, temperature {temperature}"
-        with tqdm(total=steps * chunks, desc="codes", unit="pos", disable=args.quiet) as bar:
-            images, _ = edge.generate(args.n, args.seed, top_m, guidance, top_k, temperature,
-                                      progress=lambda i: bar.update(1))
+        def generate(sl: slice, seed: int) -> np.ndarray:
+            return edge.generate(sl.stop - sl.start, seed, top_m, guidance, top_k, temperature,
+                                 progress=lambda i: bar.update(1))[0]
+        bar = tqdm(total=steps * chunks, desc="codes", unit="pos", disable=args.quiet)
     else:
         if args.top_k is not None or args.temperature is not None:
             raise ConfigError(f"{bundle.path}: a {bundle.kind} bundle is sampled with DDIM; --top-k and --temperature "
                              "are for RARM bundles. Use --steps / --eta.")
-        steps = args.steps or int(recorded["num_steps"])
+        steps = int(recorded["num_steps"]) if args.steps is None else args.steps
         what = f"DDIM-{steps}"
-        with tqdm(total=steps * chunks, desc="denoise", unit="step", disable=args.quiet) as bar:
-            images, _ = edge.generate(args.n, steps, args.seed, top_m, guidance, args.eta,
-                                      progress=lambda i: bar.update(1))
+
+        def generate(sl: slice, seed: int) -> np.ndarray:
+            return edge.generate(sl.stop - sl.start, steps, seed, top_m, guidance, args.eta,
+                                 progress=lambda i: bar.update(1))[0]
+        bar = tqdm(total=steps * chunks, desc="denoise", unit="step", disable=args.quiet)
+    with bar, npy_store(args.npy, args.n) as store:
+        images = generate_in_batches(args.n, args.seed, generate, store)
     save_grid(images, args.out)
-    if args.npy:
-        with atomic_path(Path(args.npy), suffix=".npy") as tmp, open(tmp, "wb") as f:
-            np.save(f, images)
+    if len(images) < args.n:
+        print(f"{args.out} shows the first {len(images)} of {args.n} images" +
+              (f"; {args.npy} holds all" if args.npy else "; pass --npy to keep all"))
     tm = edge.timings
     print(f"wrote {args.out}: {args.n} images, {what}, guidance {guidance}, top-m {top_m}; sampling networks "
           f"{tm.network_s:.2f} s ({tm.network_calls} calls), decode {tm.decode_s:.2f} s, total "

@@ -28,6 +28,7 @@ from rissole.retrieval.blocks import merge_blocks
 from rissole.retrieval.database import gather_neighbours
 from rissole.retrieval.proposal import PseudoQuerySampler
 from rissole_runtime.bundle import DECODER, DENOISER, DIFFUSION_KINDS, EMBEDDING_KINDS, Bundle
+from rissole_runtime.validate import check_finite
 from rissole_runtime.session import check_inputs, open_session, providers_for, used_provider
 
 
@@ -75,6 +76,7 @@ class BundleSampler:
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """uint8 images (n, C, H, W) from unscaled latents, max_samples at a time."""
+        check_finite(latents, "the sampled latents (before decoding)")
         t0 = time.perf_counter()
         step = self.bundle.max_samples
         out = [self.decoder.run(None, {"latents": np.ascontiguousarray(latents[s: s + step], dtype=np.float32)})[0]

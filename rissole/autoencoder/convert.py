@@ -27,11 +27,12 @@ def config_from_taming_yaml(path: str | os.PathLike) -> VQGANConfig:
     return VQGANConfig(ddconfig=dd, embed_dim=embed_dim, n_embed=n_embed, legacy=True)
 
 
-def import_taming_checkpoint(ckpt_path: str | os.PathLike, config: VQGANConfig, out_dir: str | os.PathLike) -> Path:
+def import_taming_checkpoint(ckpt_path: str | os.PathLike, config: VQGANConfig, out_dir: str | os.PathLike,
+                             force: bool = False) -> Path:
     """Keep the first-stage weights (drop `loss.*`, i.e. LPIPS and discriminator), check them, save as rissole."""
     state = load_foreign_state_dict(ckpt_path)
     weights = {k: v for k, v in state.items() if not k.startswith("loss.")}
     model = VQModel(config)
     load_state_dict_checked(model, weights, Path(ckpt_path))
     meta: dict[str, Any] = {"model": config.to_dict(), "imported_from": str(ckpt_path)}
-    return save_checkpoint(out_dir, "vqgan", 0, meta, {"model": model.state_dict()})
+    return save_checkpoint(out_dir, "vqgan", 0, meta, {"model": model.state_dict()}, replace=force)

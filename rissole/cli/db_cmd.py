@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from rissole.errors import ConfigError
+from rissole_runtime import argtypes as at
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,16 +20,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     b = dsub.add_parser("build", help="cut latents (from `rissole encode`) into g x g blocks: DB/blocks.npy + manifest")
     b.add_argument("latents", help="latents .npy written by `rissole encode` (its .json manifest beside it)")
     b.add_argument("--out", required=True, help="database directory to create")
-    b.add_argument("--grid", type=int, default=2, help="g: the latent is cut into g x g blocks (b = g*g); 2 for 8x8 latents")
+    b.add_argument("--grid", type=at.positive_int, default=2, help="g: the latent is cut into g x g blocks (b = g*g); 2 for 8x8 latents")
     b.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage type of the blocks")
-    b.add_argument("--force", action="store_true", help="replace an existing database (and its indexes and tables)")
+    b.add_argument("--force", action="store_true", help="replace a block database already at --out (and its indexes and tables); "
+                   "nothing that is not a rissole database is ever replaced")
     b.set_defaults(func=_build)
 
     n = dsub.add_parser("neighbours", help="build an index and the k-nearest-neighbour tables training and sampling read")
     n.add_argument("db", help="database directory")
     n.add_argument("--backend", default="scann", help="scann (default), faiss-hnsw, faiss-ivfpq or exact")
     n.add_argument("--keys", default="block0", choices=("block0", "latent"), help="retrieval key: block 0 (paper) or whole latent")
-    n.add_argument("-k", type=int, default=20, help="neighbours per row stored (heads use the first k they need)")
+    n.add_argument("-k", type=at.positive_int, default=20, help="neighbours per row stored (heads use the first k they need)")
     n.add_argument(
         "--queries", default=None,
         help="latents .npy of a training set other than the database (RDM's disjoint database); "
@@ -36,14 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     n.add_argument("--rerank", action="store_true", help="keep only compressed codes in RAM; rescore candidates from the memmap")
     n.add_argument("--param", nargs="*", default=[], metavar="KEY=VALUE", help="backend parameters, e.g. leaves_to_search=20 reorder=200")
-    n.add_argument("--batch", type=int, default=2048, help="queries per search call")
-    n.add_argument("--threads", type=int, default=1, help="search threads")
+    n.add_argument("--batch", type=at.positive_int, default=2048, help="queries per search call")
+    n.add_argument("--threads", type=at.positive_int, default=1, help="search threads")
     n.set_defaults(func=_neighbours)
 
     i = dsub.add_parser("inspect", help="shapes, bytes on disk, tables, and a recall spot-check of each saved index")
     i.add_argument("db", help="database directory")
-    i.add_argument("--spot-check", type=int, default=200, metavar="N", help="random rows used as queries (0 to skip)")
-    i.add_argument("-k", type=int, default=10, help="k of the recall spot-check")
+    i.add_argument("--spot-check", type=at.non_negative_int, default=200, metavar="N", help="random rows used as queries (0 to skip)")
+    i.add_argument("-k", type=at.positive_int, default=10, help="k of the recall spot-check")
     i.set_defaults(func=_inspect)
 
     v = dsub.add_parser("verify", help="recompute the full checksum and check every neighbour table")

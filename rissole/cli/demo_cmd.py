@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rissole.paths import SHIPPED_RISSOLE
+from rissole_runtime import argtypes as at
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,9 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generate a grid of images with the shipped RISSOLE model (builds its block database on first use)",
     )
     p.add_argument("--out", default="demo.png", help="output PNG grid")
-    p.add_argument("-n", type=int, default=64, help="number of images")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    p.add_argument("--seed", type=int, default=0, help="seed of the pseudo-queries and the noise")
+    p.add_argument("-n", type=at.positive_int, default=64, help="number of images")
+    p.add_argument("--steps", type=at.steps, default=50, help="DDIM steps")
+    p.add_argument("--seed", type=at.seed, default=0, help="seed of the pseudo-queries and the noise")
     p.add_argument("--ckpt", default=str(SHIPPED_RISSOLE),
                    help="checkpoint directory: the shipped RISSOLE model (default), the shipped RDM "
                         "(checkpoints/rdm-fmnist-vq) or any trained run's final/")

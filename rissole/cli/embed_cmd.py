@@ -7,6 +7,7 @@ import argparse
 import numpy as np
 
 from rissole.errors import ConfigError
+from rissole_runtime import argtypes as at
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,10 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="embeddings .npy to write (manifest .json, rows and labels beside it)")
     p.add_argument("--rows", default=None, metavar="START:STOP",
                    help="embed only latents rows START..STOP-1 (e.g. 0:30000 for a disjoint half); default all")
-    p.add_argument("--label", type=int, default=None, help="keep only rows of this class label (a one-class database)")
-    p.add_argument("--size", type=int, default=75, help="inception: input size (>= 75; 75 costs ~8 ms/image on a thread)")
+    p.add_argument("--label", type=at.non_negative_int, default=None, help="keep only rows of this class label (a one-class database)")
+    p.add_argument("--size", type=at.int_range(75), default=75, help="inception: input size (>= 75; 75 costs ~8 ms/image on a thread)")
     p.add_argument("--db", default=None, metavar="DIR", help="also build the grid-1 embedding database DIR from them")
-    p.add_argument("--force", action="store_true", help="replace an existing database at --db")
+    p.add_argument("--force", action="store_true", help="replace an embeddings file at --out and a database at --db "
+                                                        "(nothing else is ever replaced)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (inception)")
     p.set_defaults(func=_embed)
 
@@ -57,7 +59,7 @@ def _embed(args: argparse.Namespace) -> int:
     params = {"size": args.size} if args.embedder == "inception" else {}
     embedder = make_embedder(args.embedder, tuple(lat.array.shape[1:]), device=args.device, **params)
     t0 = time.perf_counter()
-    emb = write_embeddings(embedder, args.latents, args.out, rows)
+    emb = write_embeddings(embedder, args.latents, args.out, rows, force=args.force)
     dt = time.perf_counter() - t0
     print(f"wrote {args.out}: {len(rows)} x {emb.spec.describe()} in {dt:.1f} s ({dt / len(rows) * 1e3:.2f} ms/row)")
     if args.db:

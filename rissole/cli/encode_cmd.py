@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rissole.paths import SHIPPED_VQGAN
+from rissole_runtime import argtypes as at
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,8 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ckpt", default=str(SHIPPED_VQGAN), help="VQ-GAN checkpoint directory (default: the shipped one)")
     p.add_argument("--source", default="fmnist:train", help="images: fmnist:train|test, folder:PATH[:split], npy:PATH")
     p.add_argument("--out", required=True, help="output .npy; the manifest is written beside it as .json")
-    p.add_argument("--batch-size", type=int, default=256, help="images per encoder call")
-    p.add_argument("--limit", type=int, default=None, help="encode only the first N images")
+    p.add_argument("--force", action="store_true", help="replace a latents file already at --out (nothing else is "
+                                                        "ever replaced)")
+    p.add_argument("--batch-size", type=at.positive_int, default=256, help="images per encoder call")
+    p.add_argument("--limit", type=at.positive_int, default=None, help="encode only the first N images")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=_encode)
@@ -28,6 +31,9 @@ def _encode(args: argparse.Namespace) -> int:
     from rissole.device import pick_device
     from rissole.latents import encode_images
 
+    from rissole.fileio import LATENTS, check_replace
+
+    check_replace(args.out, LATENTS, args.force)  # before the encoder runs; checked again under the output lock
     dev = pick_device(args.device)
     model = load_vqgan(args.ckpt, dev)
     dd = model.config.ddconfig
@@ -35,7 +41,7 @@ def _encode(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     lat = encode_images(
         model, data.images, args.out, checkpoint=args.ckpt, checkpoint_hash=load_checkpoint(args.ckpt).weights_hash(),
-        source=args.source, labels=data.labels, batch_size=args.batch_size, device=dev,
+        source=args.source, labels=data.labels, batch_size=args.batch_size, device=dev, force=args.force,
     )
     dt = time.perf_counter() - t0
     print(f"wrote {lat.path} {tuple(lat.array.shape)} float32 ({len(data.images) / dt:.0f} images/s) and {lat.path.with_suffix('.json')}")

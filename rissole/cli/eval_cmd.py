@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from rissole.errors import DataError
+from rissole_runtime import argtypes as at
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,17 +27,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "or a data spec (fmnist:test, folder:PATH, npy:PATH)",
     )
     f.add_argument("--ref", default="fmnist:test", help="reference data spec (default fmnist:test)")
-    f.add_argument("-n", type=int, default=2000, help="use the first N images of each set; an error if either has fewer")
-    f.add_argument("--batch-size", type=int, default=32, help="images per Inception call (16-32 is fastest on a CPU)")
+    f.add_argument("-n", type=at.positive_int, default=2000, help="use the first N images of each set; an error if either has fewer")
+    f.add_argument("--batch-size", type=at.positive_int, default=32, help="images per Inception call (16-32 is fastest on a CPU)")
     f.add_argument("--device", default="auto", help="auto, cpu or cuda")
     f.add_argument("--kid", action="store_true", help="also KID: unbiased MMD^2, cubic kernel, 100 subsets of min(1000, N)")
     f.add_argument("--pr", action="store_true", help="also improved precision/recall (k = 3 nearest neighbours)")
     f.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
     f.add_argument(
-        "--size", type=int, default=None,
+        "--size", type=at.positive_int, default=None,
         help="side the SAMPLES directory's images are resized and centre-cropped to (default: the first image's shorter side)",
     )
-    f.add_argument("--ref-size", type=int, default=32, help="reference resolution: fmnist is padded to it, folders resized to it")
+    f.add_argument("--ref-size", type=at.positive_int, default=32, help="reference resolution: fmnist is padded to it, folders resized to it")
     f.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
     f.add_argument(
         "--inception", default=None, metavar="PATH",
@@ -47,9 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = esub.add_parser("seams", help="seam score: intensity steps across block boundaries vs inside blocks, "
                                       "relative to real images (1.0 = seams as invisible as in real data)")
     s.add_argument("samples", metavar="SAMPLES", help="generated images (directory, uint8 .npy or data spec)")
-    s.add_argument("--grid", type=int, required=True, help="g of the model that made them (blocks of 32/g pixels)")
+    s.add_argument("--grid", type=at.positive_int, required=True, help="g of the model that made them (blocks of 32/g pixels)")
     s.add_argument("--ref", default="fmnist:test", help="real images to compare with (default fmnist:test)")
-    s.add_argument("-n", type=int, default=2000, help="images of each set")
+    s.add_argument("-n", type=at.positive_int, default=2000, help="images of each set")
     s.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
     s.set_defaults(func=_seams)
 
@@ -57,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "pair of training images (L2 in pixels)")
     c.add_argument("samples", metavar="SAMPLES", help="generated images (directory, uint8 .npy or data spec)")
     c.add_argument("--train", default="fmnist:train", help="the training images (default fmnist:train)")
-    c.add_argument("-n", type=int, default=2000, help="samples to check")
+    c.add_argument("-n", type=at.positive_int, default=2000, help="samples to check")
     c.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
     c.set_defaults(func=_copies)
 

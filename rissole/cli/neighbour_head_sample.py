@@ -11,7 +11,7 @@ import numpy as np
 def sample_neighbour_head(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from rissole.cli.sample_files import write_sample_files
+    from rissole.cli.sample_files import BATCH, sample_to_files, write_sample_files
     from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
 
     pipe = NeighbourHeadPipeline.load(args.ckpt, database=args.db, vqgan=args.vqgan, device=args.device)
@@ -26,10 +26,12 @@ def sample_neighbour_head(args: argparse.Namespace) -> int:
     else:
         rows = pipe.pseudo_queries(args.n, args.top_m, args.seed)
         ids = pipe.table_neighbours(rows, k)
-    bar = tqdm(total=pipe.num_steps(args.sampler, args.steps, args.eta), desc=f"sample {pipe.kind}", unit="step")
+    bar = tqdm(total=pipe.num_steps(args.sampler, args.steps, args.eta) * -(-args.n // BATCH), desc=f"sample {pipe.kind}",
+               unit="step")
     t0 = time.perf_counter()
-    out, _ = pipe.generate(ids, seed=args.seed, guidance=args.guidance, sampler=args.sampler, steps=args.steps,
-                           eta=args.eta, top_k=args.top_k, temperature=args.temperature, progress=lambda i: bar.update(1))
+    out = sample_to_files(args.n, args.seed, args.npy, lambda sl, seed: pipe.generate(
+        ids[sl], seed=seed, guidance=args.guidance, sampler=args.sampler, steps=args.steps, eta=args.eta,
+        top_k=args.top_k, temperature=args.temperature, progress=lambda i: bar.update(1))[0])
     bar.close()
     dt = time.perf_counter() - t0
     write_sample_files(args, pipe, out, ids, rows, images)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rissole_runtime import argtypes as at
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a RISSOLE block denoiser (or an ablation / the LDM baseline), an RDM or a RARM "
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint bit for bit (same config)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config entries, e.g. model.retrieval=false train.steps=200")
-    t.add_argument("--stop-after", type=int, default=None, help="end this invocation after N steps (checkpointed)")
+    t.add_argument("--stop-after", type=at.positive_int, default=None, help="end this invocation after N steps (checkpointed)")
     t.set_defaults(func=_train)
     register_sample(sub)
 
@@ -47,13 +49,13 @@ def _train(args: argparse.Namespace) -> int:
 def register_sample(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sample", help="generate images with a trained RISSOLE, RDM or RARM model, as a PNG grid")
     s.add_argument("--ckpt", default=None, help="RISSOLE, RDM or RARM checkpoint directory (default: the shipped RISSOLE)")
-    s.add_argument("-n", type=int, default=64, help="number of images")
-    s.add_argument("--steps", type=int, default=50, help="DDIM steps (ignored with --sampler ddpm, which takes all T)")
+    s.add_argument("-n", type=at.positive_int, default=64, help="number of images")
+    s.add_argument("--steps", type=at.steps, default=50, help="DDIM steps (ignored with --sampler ddpm, which takes all T)")
     s.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="DDIM (respaced) or DDPM ancestral")
-    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 with all steps = DDPM")
-    s.add_argument("--top-m", type=float, default=1.0, help="keep the top fraction m of p_D for pseudo-queries (RDM Eq. 7)")
-    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale against zero neighbours")
-    s.add_argument("--seed", type=int, default=0, help="seed of the pseudo-queries and of the noise")
+    s.add_argument("--eta", type=at.ETA, default=0.0, help="DDIM eta: 0 deterministic, 1 with all steps = DDPM")
+    s.add_argument("--top-m", type=at.fraction, default=1.0, help="keep the top fraction m of p_D for pseudo-queries (RDM Eq. 7)")
+    s.add_argument("--guidance", type=at.GUIDANCE, default=1.0, help="classifier-free guidance scale against zero neighbours")
+    s.add_argument("--seed", type=at.seed, default=0, help="seed of the pseudo-queries and of the noise")
     s.add_argument("--query", nargs="*", default=None, metavar="IMAGE",
                    help="condition on your own images (PNG/JPEG) instead of pseudo-queries: n samples per query cycle over them")
     s.add_argument("--order", choices=("parallel", "block_by_block"), default="parallel",
@@ -61,9 +63,9 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--db", "--database", dest="db", default=None,
                    help="database (default: the one recorded in the checkpoint); for RDM / RARM another embedding "
                         "database of the same embedding swaps the database (seed 000, Sec. 4.3)")
-    s.add_argument("-k", type=int, default=None, help="RDM / RARM: neighbours per sample (default: the model's k_train)")
-    s.add_argument("--top-k", type=int, default=0, help="RARM: sample among the k most likely codes (0: all)")
-    s.add_argument("--temperature", type=float, default=1.0, help="RARM: softmax temperature")
+    s.add_argument("-k", type=at.positive_int, default=None, help="RDM / RARM: neighbours per sample (default: the model's k_train)")
+    s.add_argument("--top-k", type=at.non_negative_int, default=0, help="RARM: sample among the k most likely codes (0: all)")
+    s.add_argument("--temperature", type=at.TEMPERATURE, default=1.0, help="RARM: softmax temperature")
     s.add_argument("--vqgan", default=None, help="VQ-GAN checkpoint (default: the one recorded in the checkpoint)")
     s.add_argument("--out", default="samples.png", help="output PNG grid")
     s.add_argument("--npy", default=None, help="also save the samples as a uint8 .npy (N, C, H, W), e.g. for `rissole eval fid`")
@@ -79,11 +81,12 @@ def _sample(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from rissole.cli.sample_files import write_sample_files
+    from rissole.cli.sample_files import BATCH, check_outputs, sample_to_files, write_sample_files
     from rissole.diffusion.schedule import DDIMSampler, DDPMSampler
     from rissole.heads.block_pipeline import RissolePipeline
     from rissole.paths import SHIPPED_RISSOLE, ensure_database_for
 
+    check_outputs(args)
     if args.ckpt is None:
         args.ckpt = str(SHIPPED_RISSOLE)
     if args.db is None:
@@ -106,10 +109,11 @@ def _sample(args: argparse.Namespace) -> int:
     else:
         rows = pipe.pseudo_queries(args.n, args.top_m, args.seed)
         ids = pipe.table_neighbours(rows) if pipe.model.config.retrieval else None
-    bar = tqdm(total=len(sampler), desc=f"sample {args.sampler}", unit="step")
+    bar = tqdm(total=len(sampler) * -(-args.n // BATCH), desc=f"sample {args.sampler}", unit="step")
     t0 = time.perf_counter()
-    out, _ = pipe.generate(ids, sampler, n=args.n, seed=args.seed, guidance=args.guidance, order=args.order,
-                           progress=lambda i: bar.update(1))
+    out = sample_to_files(args.n, args.seed, args.npy, lambda sl, seed: pipe.generate(
+        None if ids is None else ids[sl], sampler, n=sl.stop - sl.start, seed=seed, guidance=args.guidance,
+        order=args.order, progress=lambda i: bar.update(1))[0])
     bar.close()
     dt = time.perf_counter() - t0
     write_sample_files(args, pipe, out, ids, rows, images)

@@ -1,25 +1,66 @@
-"""What `rissole sample` writes for every head: the grid, the raw uint8 array, and the retrieval grid."""
+"""What `rissole sample` writes for every head: the grid, the raw uint8 array, and the retrieval grid; and the
+one batched loop both sample paths generate through, so memory is bounded by a batch whatever -n is."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import contextlib
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from rissole.fileio import atomic_path
+from rissole.fileio import NPY, atomic_path, create_memmap
 from rissole.images import save_grid
+from rissole_runtime.batches import BATCH, GRID_MAX, generate_in_batches
+
+__all__ = ["BATCH", "GRID_MAX", "check_outputs", "npy_store", "sample_to_files", "write_sample_files"]
+
+
+@contextlib.contextmanager
+def npy_store(path: str | None, n: int) -> Iterator[Callable[[slice, np.ndarray], None] | None]:
+    """A `store` for generate_in_batches writing all n samples into the .npy `path` as they come (a memmap with its
+    space reserved first, swapped in atomically when complete); None without a path."""
+    if not path:
+        yield None
+        return
+    with atomic_path(path, suffix=".npy", kind=NPY) as tmp:
+        arrays: list[np.memmap] = []
+
+        def store(sl: slice, images: np.ndarray) -> None:
+            if not arrays:
+                arrays.append(create_memmap(tmp, np.uint8, (n, *images.shape[1:]), "the samples (--npy)"))
+            arrays[0][sl] = images
+
+        yield store
+        if arrays:
+            arrays[0].flush()
+        arrays.clear()
+
+
+def sample_to_files(n: int, seed: int, npy: str | None, generate: Callable[[slice, int], np.ndarray]) -> np.ndarray:
+    """generate_in_batches with the --npy file streamed; returns the samples kept for the grid."""
+    with npy_store(npy, n) as store:
+        return generate_in_batches(n, seed, generate, store)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, outputs that would replace something other than a PNG / a .npy array."""
+    from rissole.fileio import PNG, check_replace
+
+    for path, kind in ((args.out, PNG), (args.npy, NPY), (args.show_retrieval, PNG)):
+        if path:
+            check_replace(path, kind)
 
 
 def write_sample_files(args: argparse.Namespace, pipe: Any, out: np.ndarray, ids: np.ndarray | None,
                        rows: np.ndarray | None, query_images: np.ndarray | None) -> None:
-    """args.out: the samples as a square PNG grid; args.npy: the same uint8 (n, C, H, W) array;
-    args.show_retrieval: one line per sample (up to 8) of query | its k retrieved rows | the sample.
+    """args.out: the samples (the first GRID_MAX) as a square PNG grid; args.show_retrieval: one line per sample
+    (up to 8) of query | its k retrieved rows | the sample. (args.npy was streamed by sample_to_files.)
     The query is the pseudo-query row (`rows`) or the user's image (`query_images`, cycled)."""
     save_grid(out, args.out, nrow=int(np.ceil(np.sqrt(len(out)))))
-    if args.npy:
-        with atomic_path(args.npy) as tmp, open(tmp, "wb") as f:
-            np.save(f, out)
+    if len(out) < args.n:
+        print(f"{args.out} shows the first {len(out)} of {args.n} samples" + (f"; {args.npy} holds all" if args.npy else
+                                                                             "; pass --npy to keep all"))
     if args.show_retrieval and ids is not None:
         shown = min(len(out), 8)
         nbrs = pipe.rows_as_images(ids[:shown])  # (r, k, C, H, W)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from rissole.paths import SHIPPED_VQGAN
+from rissole_runtime import argtypes as at
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,13 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint bit for bit (same config)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries, e.g. train.steps=200")
     t.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files (default: the Debian package's)")
-    t.add_argument("--stop-after", type=int, default=None, help="end this invocation after N steps (checkpointed)")
+    t.add_argument("--stop-after", type=at.positive_int, default=None, help="end this invocation after N steps (checkpointed)")
     t.set_defaults(func=_train)
 
     r = vsub.add_parser("reconstruct", help="originals and reconstructions side by side, as a PNG grid")
     r.add_argument("--ckpt", default=str(SHIPPED_VQGAN), help="VQ-GAN checkpoint directory (default: the shipped one)")
     r.add_argument("--source", default="fmnist:test", help="images: fmnist:test, folder:PATH, npy:PATH")
-    r.add_argument("-n", type=int, default=32, help="number of images")
+    r.add_argument("-n", type=at.positive_int, default=32, help="number of images")
     r.add_argument("--out", default="reconstructions.png", help="output PNG (pairs: original | reconstruction)")
     r.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("ckpt", help=".ckpt with a state_dict (loaded with weights_only=True, nothing is executed)")
     i.add_argument("--config", required=True, help="the taming/latent-diffusion YAML config that goes with it")
     i.add_argument("--out", required=True, help="output checkpoint directory")
+    i.add_argument("--force", action="store_true", help="replace a rissole checkpoint already at --out (nothing else "
+                                                        "is ever replaced)")
     i.set_defaults(func=_import)
 
 
@@ -88,6 +91,6 @@ def _reconstruct(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from rissole.autoencoder.convert import config_from_taming_yaml, import_taming_checkpoint
 
-    out = import_taming_checkpoint(args.ckpt, config_from_taming_yaml(args.config), args.out)
+    out = import_taming_checkpoint(args.ckpt, config_from_taming_yaml(args.config), args.out, force=args.force)
     print(f"wrote {out}")
     return 0

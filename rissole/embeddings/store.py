@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from rissole.embeddings.base import Embedder, EmbeddingSpec
 from rissole.errors import DataError
-from rissole.fileio import atomic_path, write_json_atomic
+from rissole.fileio import LATENTS, atomic_path, check_replace, check_sidecars, create_memmap, output_lock, write_json_atomic
 from rissole.latents import FORMAT as LATENTS_FORMAT, FORMAT_VERSION as LATENTS_VERSION, Latents, open_latents
 from rissole.retrieval.database import BlockDatabase, build_database, open_database
+from rissole_runtime.validate import check_finite, contained_path
 
 EMBEDDING_FILE = "embedding.json"
 ROWS_FILE = "rows.npy"
@@ -48,8 +49,10 @@ class EmbeddingFile:
 
 
 def write_embeddings(embedder: Embedder, latents_path: str | os.PathLike, out: str | os.PathLike,
-                     rows: np.ndarray | None = None, chunk: int = 4096, progress: bool = True) -> EmbeddingFile:
-    """Embed rows of a latents file (all by default) into `out` atomically.
+                     rows: np.ndarray | None = None, chunk: int = 4096, progress: bool = True,
+                     force: bool = False) -> EmbeddingFile:
+    """Embed rows of a latents file (all by default) into `out` atomically (replacing only an embeddings or
+    latents file there, and only with `force`).
 
     Embedders that are a function of the latent (vq) read the latents; the others (inception)
     embed the original images, loaded from the source spec recorded in the latents manifest."""
@@ -62,16 +65,26 @@ def write_embeddings(embedder: Embedder, latents_path: str | os.PathLike, out: s
     spec = embedder.spec
     out = Path(out)
     images = None
-    if embedder.embed_latents(np.asarray(lat.array[:1])) is None:
-        images = _source_images(lat)
-    with atomic_path(out, suffix=".npy") as tmp:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(rows), spec.dim, 1, 1))
-        for s in tqdm(range(0, len(rows), chunk), desc=f"embed {spec.embedder}", unit="chunk", disable=not progress):
-            ids = rows[s : s + chunk]
-            v = embedder.embed_latents(np.asarray(lat.array[ids])) if images is None else embedder.embed_images(images[ids])
-            arr[s : s + len(ids)] = v.reshape(len(ids), spec.dim, 1, 1)
-        arr.flush()
-        del arr
+    sidecars = [out.with_suffix(".json"), out.with_name(out.stem + ".rows.npy"), out.with_name(out.stem + ".labels.npy")]
+    with output_lock(out):
+        check_replace(out, LATENTS, force)
+        check_sidecars(out, LATENTS, sidecars)
+        if embedder.embed_latents(np.asarray(lat.array[:1])) is None:
+            images = _source_images(lat)
+        with atomic_path(out, suffix=".npy") as tmp:
+            arr = create_memmap(tmp, np.float32, (len(rows), spec.dim, 1, 1), "the embeddings")
+            for s in tqdm(range(0, len(rows), chunk), desc=f"embed {spec.embedder}", unit="chunk", disable=not progress):
+                ids = rows[s : s + chunk]
+                v = embedder.embed_latents(np.asarray(lat.array[ids])) if images is None else embedder.embed_images(images[ids])
+                check_finite(v, f"{spec.embedder} embeddings of {latents_path} rows {ids[0]}..{ids[-1]}")
+                arr[s : s + len(ids)] = v.reshape(len(ids), spec.dim, 1, 1)
+            arr.flush()
+            del arr
+        return _write_sidecars(embedder, lat, latents_path, out, rows)
+
+
+def _write_sidecars(embedder: Embedder, lat: Latents, latents_path: Path, out: Path, rows: np.ndarray) -> EmbeddingFile:
+    spec = embedder.spec
     with atomic_path(out.with_name(out.stem + ".rows.npy")) as tmp, open(tmp, "wb") as f:
         np.save(f, rows)
     labels, labels_name = lat.labels(), None
@@ -118,7 +131,8 @@ def open_embeddings(path: str | os.PathLike) -> EmbeddingFile:
     if "embedding" not in lat.manifest:
         raise DataError(f"{path}: a latents file, not an embeddings file (no 'embedding' in its manifest). "
                         "Make one with `rissole embed`.")
-    rows = np.load(path.with_name(lat.manifest["rows"]))
+    rows = _rows(contained_path(path.parent, str(lat.manifest.get("rows")), f"{path.with_suffix('.json')} (rows)"),
+                 len(lat.array))
     return EmbeddingFile(lat, EmbeddingSpec.from_dict(lat.manifest["embedding"]), Path(lat.manifest["latents"]), rows)
 
 
@@ -188,10 +202,27 @@ def open_embedding_database(path: str | os.PathLike) -> EmbeddingDatabase:
     if not f.is_file():
         raise DataError(f"{db.path}: a block database of latents (grid {db.grid}), not of neighbour embeddings "
                         f"(no {EMBEDDING_FILE}). Fix: `rissole embed LATENTS --embedder vq --out EMB.npy --db DIR`.")
-    info = json.loads(f.read_text())
+    try:
+        info = json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{f}: corrupt ({exc}). Rebuild with `rissole embed --db`.") from exc
+    if not isinstance(info, dict):
+        raise DataError(f"{f}: expected a mapping, found {type(info).__name__}. Rebuild with `rissole embed --db`.")
     if info.get("db_sha256") != db.manifest["sha256"]:
         raise DataError(f"{f}: written for another blocks.npy ({str(info.get('db_sha256'))[:12]}); rebuild with `rissole embed --db`.")
     spec = EmbeddingSpec.from_dict(info)
     if db.grid != 1 or db.dim != spec.dim:
         raise DataError(f"{db.path}: expected grid 1 and d = {spec.dim}, found grid {db.grid}, d = {db.dim}.")
-    return EmbeddingDatabase(db, spec, info, np.load(db.path / ROWS_FILE))
+    return EmbeddingDatabase(db, spec, info, _rows(db.path / ROWS_FILE, db.rows))
+
+
+def _rows(path: Path, n: int) -> np.ndarray:
+    """The source-latents row of every vector: integers, one per vector (float ids would index silently wrong)."""
+    try:
+        rows = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read the row ids ({exc}). Re-run `rissole embed`.") from exc
+    if rows.shape != (n,) or rows.dtype.kind not in "iu" or (n and rows.min() < 0):
+        raise DataError(f"{path}: row ids {rows.dtype} {list(rows.shape)}, expected non-negative integers [{n}]. "
+                        "Re-run `rissole embed`.")
+    return rows

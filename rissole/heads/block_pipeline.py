@@ -31,6 +31,7 @@ from rissole.retrieval.blocks import merge_blocks
 from rissole.retrieval.database import BlockDatabase
 from rissole.retrieval.neighbours import open_table
 from rissole.retrieval.proposal import PseudoQuerySampler, proposal_from_table
+from rissole_runtime.validate import check_finite
 
 
 def _resolve(path: str, base: Path) -> Path:
@@ -127,4 +128,5 @@ class RissolePipeline:
             raise ValueError("n is needed for a model without retrieval")
         gen = torch.Generator().manual_seed(seed)
         lat = sample_blocks(self.model, sampler, nb, n, gen, guidance, order, progress) / scale
+        check_finite(lat.cpu().numpy(), "the sampled latents (before decoding)")
         return self.decode(lat), lat.cpu()

@@ -29,6 +29,7 @@ from rissole.heads.rdm_data import resolve_path
 from rissole.paths import REPO_ROOT, SHIPPED_VQGAN
 from rissole.retrieval.neighbours import list_tables, open_table
 from rissole.retrieval.proposal import PseudoQuerySampler, proposal_from_table
+from rissole_runtime.validate import check_finite
 
 KINDS = ("rdm", "rarm")
 
@@ -146,6 +147,7 @@ class NeighbourHeadPipeline:
             sched = NoiseSchedule.from_dict(self.config["diffusion"])
             smp = DDPMSampler(sched) if sampler == "ddpm" else DDIMSampler(sched, steps, eta)
             lat = sample_latents(self.model, smp, nb, gen, guidance, progress, x_T) / float(self.config["scale_factor"])
+            check_finite(lat.cpu().numpy(), "the sampled latents (before decoding)")
             return self.decode(lat), lat.cpu()
         from rissole.heads.rarm_sampling import sample_codes
 

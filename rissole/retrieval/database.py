@@ -28,8 +28,9 @@ from einops import rearrange
 from tqdm import tqdm
 
 from rissole.errors import DataError
-from rissole.fileio import atomic_dir, sha256_file, write_json_atomic
+from rissole.fileio import DATABASE, atomic_dir, create_memmap, sha256_file, write_json_atomic
 from rissole.retrieval.blocks import check_grid
+from rissole_runtime.validate import INT, LIST, STR, Field, check_finite, check_schema, contained_path
 
 FORMAT = "rissole-block-db"
 FORMAT_VERSION = 1
@@ -37,6 +38,35 @@ BLOCKS_FILE = "blocks.npy"
 MANIFEST_FILE = "manifest.json"
 LABELS_FILE = "labels.npy"
 DTYPES = ("float32", "float16")
+_SHAPE = Field(LIST, length=3, items=INT, min=1)
+MANIFEST_SCHEMA = {
+    "grid": Field(INT, min=1), "num_blocks": Field(INT, min=1), "latent_shape": _SHAPE, "block_shape": _SHAPE,
+    "dim": Field(INT, min=1), "rows": Field(INT, min=1), "dtype": Field(STR), "file_bytes": Field(INT, min=0),
+    "sha256": Field(STR), "checkpoint_hash": Field(STR), "labels": Field(STR, required=False, nullable=True),
+}
+FIX = "Rebuild it with `rissole db build`."
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def check_manifest(mpath: Path, m: dict[str, Any]) -> None:
+    """Keys and types (MANIFEST_SCHEMA), then internal consistency: the grid tiles the latent into num_blocks
+    blocks of block_shape, dim is a block's size, the dtype is one rissole writes, both hashes are SHA-256."""
+    check_schema(m, MANIFEST_SCHEMA, mpath, fix=FIX)
+    g, (c, h, w), (bc, bh, bw) = m["grid"], m["latent_shape"], m["block_shape"]
+    problems = []
+    if m["num_blocks"] != g * g:
+        problems.append(f"num_blocks is {m['num_blocks']}, expected grid * grid = {g * g}")
+    if [bc, bh * g, bw * g] != [c, h, w]:
+        problems.append(f"block_shape {[bc, bh, bw]} x grid {g} does not tile latent_shape {[c, h, w]}")
+    if m["dim"] != bc * bh * bw:
+        problems.append(f"dim is {m['dim']}, expected c*h*w of block_shape = {bc * bh * bw}")
+    if m["dtype"] not in DTYPES:
+        problems.append(f"dtype is {m['dtype']!r}, expected one of {list(DTYPES)}")
+    for key in ("sha256", "checkpoint_hash"):
+        if len(m[key]) != 64 or not set(m[key]) <= _HEX64:
+            problems.append(f"{key} is {m[key][:20]!r}, expected 64 lowercase hex digits (a SHA-256)")
+    if problems:
+        raise DataError(f"{mpath}: inconsistent manifest: {'; '.join(problems)}. {FIX}")
 
 
 @dataclass
@@ -106,7 +136,13 @@ class BlockDatabase:
 
     def labels(self) -> np.ndarray | None:
         name = self.manifest.get("labels")
-        return np.load(self.path / name) if name else None
+        if not name:
+            return None
+        labels = np.load(contained_path(self.path, name, f"{self.path / MANIFEST_FILE} (labels)"))
+        if labels.shape != (self.rows,) or labels.dtype.kind not in "iu":
+            raise DataError(f"{self.path / name}: labels {labels.dtype} {list(labels.shape)}, expected integers "
+                            f"[{self.rows}] (one per row). {FIX}")
+        return labels
 
     def check_vqgan(self, checkpoint_hash: str, what: str = "the model") -> None:
         """Refuse a database built from another VQ-GAN than the one `what` works in."""
@@ -116,14 +152,17 @@ class BlockDatabase:
                 f"{checkpoint_hash[:12]}. Rebuild it with `rissole db build` from latents of that VQ-GAN."
             )
 
-    def verify(self, progress: bool = True) -> None:
-        """Recompute the full SHA-256 of blocks.npy and compare it with the manifest."""
+    def verify(self, progress: bool = True, chunk_rows: int = 8192) -> None:
+        """Recompute the full SHA-256 of blocks.npy and compare it with the manifest, then refuse non-finite blocks
+        (a database written by another tool, or before `db build` refused them)."""
         found = sha256_file(self.path / BLOCKS_FILE, progress=progress)
         if found != self.manifest["sha256"]:
             raise DataError(
                 f"{self.path / BLOCKS_FILE}: checksum mismatch (manifest {self.manifest['sha256'][:16]}, "
                 f"file {found[:16]}); the file is corrupt. Rebuild with `rissole db build`."
             )
+        for start in range(0, self.rows, chunk_rows):
+            check_finite(self.array[:, start: start + chunk_rows], f"{self.path / BLOCKS_FILE} rows {start}..")
 
 
 def gather_neighbours(db: BlockDatabase, neighbour_ids: np.ndarray, k: int) -> np.ndarray:
@@ -143,12 +182,14 @@ def open_database(path: str | os.PathLike) -> BlockDatabase:
         raise DataError(f"{path}: not a block database (no {MANIFEST_FILE}). Build one with `rissole db build`.")
     try:
         manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{mpath}: corrupt manifest ({exc}). Rebuild with `rissole db build`.") from exc
+    check_schema(manifest, {}, mpath, fix=FIX)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(
             f"{mpath}: expected {FORMAT} v{FORMAT_VERSION}, found {manifest.get('format')} v{manifest.get('format_version')}."
         )
+    check_manifest(mpath, manifest)
     bpath = path / BLOCKS_FILE
     if not bpath.is_file():
         raise DataError(f"{bpath}: missing. Rebuild the database with `rissole db build`.")
@@ -180,23 +221,28 @@ def build_database(
     overwrite: bool = False,
     progress: bool = True,
 ) -> BlockDatabase:
-    """Cut every latent of a `rissole encode` file into blocks and write the database atomically."""
+    """Cut every latent of a `rissole encode` file into blocks and write the database atomically.
+
+    Only a block database is replaced at `out`, and only with `overwrite` (--force); latents holding nan or
+    inf are refused (they would sample black images)."""
     from rissole.latents import open_latents  # the runtime opens databases without this (torch) import
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, found {dtype!r}")
     out = Path(out)
-    if (out / MANIFEST_FILE).exists() and not overwrite:
-        raise DataError(f"{out}: a database is already there. Pass --force to replace it (its indexes and tables go too).")
     lat = open_latents(latents_path)
     n, c, h, w = lat.array.shape
     check_grid(h, w, grid)
     b, bh, bw = grid * grid, h // grid, w // grid
     dim = c * bh * bw
-    with atomic_dir(out) as tmp:
-        arr = np.lib.format.open_memmap(tmp / BLOCKS_FILE, mode="w+", dtype=np.dtype(dtype), shape=(b, n, dim))
+    with atomic_dir(out, DATABASE, force=overwrite) as tmp:
+        arr = create_memmap(tmp / BLOCKS_FILE, dtype, (b, n, dim), "the block database")
         for start in tqdm(range(0, n, chunk_rows), desc="db build", unit="chunk", disable=not progress):
             z = np.asarray(lat.array[start : start + chunk_rows], dtype=np.float32)
+            check_finite(z, f"{latents_path} rows {start}..{start + len(z) - 1} (latents)")
+            if dtype == "float16" and np.abs(z).max(initial=0.0) > np.finfo(np.float16).max:
+                raise DataError(f"{latents_path}: latents up to {np.abs(z).max():.3g} overflow float16 (max 65504); "
+                                "build with --dtype float32.")
             arr[:, start : start + z.shape[0]] = rearrange(
                 z, "n c (g1 h) (g2 w) -> (g1 g2) n (c h w)", g1=grid, g2=grid
             ).astype(dtype)

@@ -29,6 +29,7 @@ from rissole.retrieval.database import BlockDatabase
 from rissole.retrieval.keys import KeySet, latent_keys
 from rissole.retrieval.searchers import make_searcher
 from rissole.retrieval.searchers.base import Searcher
+from rissole_runtime.validate import INT, LIST, STR, Field, check_schema
 
 TABLE_DIR = "neighbours"
 
@@ -97,13 +98,21 @@ def open_table(db: BlockDatabase, name: str) -> NeighbourTable:
     pid, psc, pjs = table_paths(db, name)
     if not pjs.is_file():
         raise DataError(f"{pjs}: no neighbour table {name!r} in {db.path}. Make it with `rissole db neighbours {db.path}`.")
-    meta = json.loads(pjs.read_text())
+    try:
+        meta = json.loads(pjs.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{pjs}: corrupt ({exc}). Re-run `rissole db neighbours`.") from exc
+    check_schema(meta, {"shape": Field(LIST, length=2, items=INT, min=0), "db_sha256": Field(STR)}, pjs,
+                 fix="Re-run `rissole db neighbours`.")
     if meta.get("db_sha256") != db.manifest["sha256"]:
         raise DataError(f"{pjs}: made for another database ({str(meta.get('db_sha256'))[:12]}). Re-run `rissole db neighbours`.")
     try:
         ids, scores = np.load(pid, mmap_mode="r"), np.load(psc, mmap_mode="r")
     except (OSError, ValueError) as exc:
         raise DataError(f"{pid.parent}: table {name!r} is truncated or corrupt ({exc}). Re-run `rissole db neighbours`.") from exc
+    if ids.dtype.kind not in "iu" or scores.dtype.kind != "f":
+        raise DataError(f"{pid}: ids {ids.dtype}, scores {scores.dtype}; expected integer ids and float scores "
+                        "(float ids would be rounded silently). Re-run `rissole db neighbours`.")
     if list(ids.shape) != meta["shape"] or ids.shape != scores.shape:
         raise DataError(f"{pid}: shape {list(ids.shape)}, its JSON says {meta['shape']}. Re-run `rissole db neighbours`.")
     if ids.size and (int(ids.max()) >= db.rows or int(ids.min()) < 0):

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rissole.errors import DataError
-from rissole.fileio import atomic_dir
+from rissole.fileio import INDEX, atomic_dir
 from rissole.retrieval.keys import KeySet, normalise
 
 SEARCHER_FILE = "searcher.json"
@@ -122,7 +122,7 @@ class Searcher(ABC):
     def save(self, path: str | os.PathLike) -> None:
         """Write the index folder atomically, with the database checksum it belongs to."""
         assert self.keys is not None
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, INDEX, owned=True) as tmp:  # `db neighbours` rebuilds its own indexes
             self._save(tmp)
             meta = {
                 "backend": self.backend,
