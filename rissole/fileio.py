@@ -40,6 +40,14 @@ _PNG_MAGIC, _NPY_MAGIC = b"\x89PNG\r\n\x1a\n", b"\x93NUMPY"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT, also when a library (safetensors, onnx) wraps it in its own exception type."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        return True
+    text = str(exc)
+    return not isinstance(exc, DataError) and ("No space left on device" in text or "os error 28" in text)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -221,7 +229,8 @@ def output_lock(dest: str | os.PathLike) -> Iterator[None]:
 # ------------------------------------------------------------------ disk space
 def disk_full_error(dest: Path, exc: OSError) -> DataError:
     free = free_bytes(dest.parent)
-    return DataError(f"{dest}: no space left on device while writing ({exc.strerror}; {free / 2**20:.1f} MiB free "
+    return DataError(f"{dest}: no space left on device while writing ({getattr(exc, 'strerror', None) or exc}; "
+                     f"{free / 2**20:.1f} MiB free "
                      f"in {dest.parent}). The temporary was removed and what was at {dest} before is unchanged; "
                      "free some space and run the command again.")
 
@@ -231,21 +240,23 @@ def free_bytes(folder: str | os.PathLike) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def check_free_space(path: str | os.PathLike, nbytes: int, what: str) -> None:
-    """Refuse to start writing `nbytes` into the folder of `path` when the disk does not hold them."""
+def check_free_space(path: str | os.PathLike, nbytes: int, what: str, shown: str | os.PathLike | None = None) -> None:
+    """Refuse to start writing `nbytes` into the folder of `path` when the disk does not hold them (the message
+    names `shown`, the destination, rather than the temporary `path`)."""
     folder = Path(path).parent
     free = free_bytes(folder)
     if nbytes > free:
-        raise DataError(f"{path}: {what} needs {nbytes / 2**20:.1f} MiB, but only {free / 2**20:.1f} MiB are free in "
-                        f"{folder}. Free some space or write elsewhere; nothing was written.")
+        raise DataError(f"{shown or path}: {what} needs {nbytes / 2**20:.1f} MiB, but only {free / 2**20:.1f} MiB are "
+                        "free there. Free some space or write elsewhere; nothing was written.")
 
 
-def create_memmap(path: str | os.PathLike, dtype: Any, shape: tuple[int, ...], what: str) -> np.memmap:
+def create_memmap(path: str | os.PathLike, dtype: Any, shape: tuple[int, ...], what: str,
+                  shown: str | os.PathLike | None = None) -> np.memmap:
     """A new .npy memmap of known size with its blocks reserved on disk first (posix_fallocate): a disk that
     cannot hold it fails here with a clear error, never later with SIGBUS while the map is written."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    check_free_space(path, nbytes + 4096, what)
+    check_free_space(path, nbytes + 4096, what, shown)
     arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
     try:
         fd = os.open(path, os.O_RDWR)
@@ -256,7 +267,7 @@ def create_memmap(path: str | os.PathLike, dtype: Any, shape: tuple[int, ...], w
     except OSError as exc:
         del arr
         if exc.errno in _DISK_FULL:
-            raise disk_full_error(Path(path), exc) from exc
+            raise disk_full_error(Path(shown or path), exc) from exc
         if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             raise
         return np.lib.format.open_memmap(path, mode="r+")  # no fallocate here: the free-space check must do
@@ -283,9 +294,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "", kind: str | None = No
             with open(tmp_path, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp_path, dest)
-        except OSError as exc:
+        except Exception as exc:
             tmp_path.unlink(missing_ok=True)
-            if exc.errno in _DISK_FULL:
+            if is_disk_full(exc):
                 raise disk_full_error(dest, exc) from exc
             raise
         except BaseException:
@@ -319,9 +330,9 @@ def atomic_dir(dest: str | os.PathLike, kind: str = CHECKPOINT, force: bool = Fa
                 if old is not None:
                     os.replace(old, dest)
                 raise
-        except OSError as exc:
+        except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if exc.errno in _DISK_FULL:
+            if is_disk_full(exc):
                 raise disk_full_error(dest, exc) from exc
             raise
         except BaseException:

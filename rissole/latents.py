@@ -86,7 +86,7 @@ def encode_images(
         check_replace(out_path, LATENTS, force)
         check_sidecars(out_path, LATENTS, [manifest_path(out_path), out_path.with_name(out_path.stem + ".labels.npy")])
         with atomic_path(out_path, suffix=".npy") as tmp:
-            arr = create_memmap(tmp, np.float32, shape, "the latents")
+            arr = create_memmap(tmp, np.float32, shape, "the latents", out_path)
             for start in tqdm(range(0, n, batch_size), desc="encode", unit="batch", disable=not progress):
                 x = to_model_range(images[start : start + batch_size]).to(device)
                 z = model.encode(x).float().cpu().numpy()

@@ -12,16 +12,63 @@ from typing import Any
 import numpy as np
 import torch
 
+from rissole.config import check_section_types
 from rissole.errors import CheckpointError, ConfigError
 
 
+POSITIVE_KEYS = ("steps", "batch_size", "ckpt_every", "val_every")  # train keys that must be at least 1
+
+
 def with_defaults(section: dict[str, Any] | None, defaults: dict[str, Any], name: str) -> dict[str, Any]:
-    """`defaults` updated by `section`; an unknown key is refused (a typo must not be silently ignored)."""
-    section = section or {}
+    """`defaults` updated by `section`; an unknown key is refused (a typo must not be silently ignored), and every
+    value is checked against its default's type and range (config.check_section_types)."""
+    section = {} if section is None else section
+    check_section_types(section, defaults, name, POSITIVE_KEYS)
     unknown = set(section) - set(defaults)
     if unknown:
         raise ConfigError(f"unknown {name} keys {sorted(unknown)}; known: {sorted(defaults)}")
     return {**defaults, **section}
+
+
+def changed_keys(saved: Any, given: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value in `given` (the config passed to --resume) differs from `saved` (the checkpoint's);
+    keys only in `saved` are the defaults the run filled in, not a change."""
+    if isinstance(given, dict) and isinstance(saved, dict):
+        out = []
+        for key, value in given.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            out += changed_keys(saved[key], value, name) if key in saved else [name]
+        return out
+    return [] if saved == given else [prefix]
+
+
+def check_resume_config(run_dir: str | os.PathLike, config: dict[str, Any], allow: bool) -> None:
+    """--resume continues a run with the config it was started with: refuse a changed one, naming the keys, unless
+    the user allows it (--allow-config-change; the model section must match in any case)."""
+    import yaml
+
+    saved_file = Path(run_dir) / "checkpoint" / "config.yaml"
+    try:
+        saved = yaml.safe_load(saved_file.read_text())
+    except (OSError, yaml.YAMLError):
+        return  # the trainer's resume reports a missing or broken checkpoint
+    if not isinstance(saved, dict):
+        return
+    given = {k: v for k, v in config.items() if k not in ("kind", "format_version", "step")}
+    changed = changed_keys(saved, given)
+    if changed and not allow:
+        shown = ", ".join(f"{k} ({_at(saved, k)!r} -> {_at(given, k)!r})" for k in changed[:8])
+        raise ConfigError(f"{saved_file}: --resume with a changed config: {shown}"
+                          f"{f' (+{len(changed) - 8} more)' if len(changed) > 8 else ''}. Resume with the run's "
+                          "config, or pass --allow-config-change to continue with the new values.")
+
+
+def _at(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(cfg, dict) or part not in cfg:
+            return "(absent)"
+        cfg = cfg[part]
+    return cfg
 
 
 def learning_rate(base_lr: float, step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -53,11 +100,17 @@ def restore_rng(tensors: dict[str, torch.Tensor], generator: torch.Generator) ->
 
 
 def check_fresh_run(run_dir: Path) -> None:
-    """A new run must not overwrite the checkpoint of another one."""
+    """A new run must not overwrite another one's checkpoint, final weights or log, nor write into a file."""
     if (run_dir / "checkpoint").exists():
         raise CheckpointError(
             f"{run_dir}/checkpoint exists: pass --resume to continue that run, or choose another --out."
         )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: expected a run directory (or nothing), found a file. Choose another --out.")
+    for name in ("final", "log.csv"):
+        if (run_dir / name).exists():
+            raise CheckpointError(f"{run_dir / name} exists: {run_dir} holds another run's files. Choose another "
+                                  "--out, or move them away.")
 
 
 def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:

@@ -20,27 +20,28 @@ from torch import nn
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer2
 
+from rissole.config import ModelConfig, check_section_types
 from rissole.errors import ConfigError
+
+DDCONFIG_DEFAULTS: dict[str, Any] = {
+    "double_z": False,
+    "z_channels": 10,
+    "resolution": 32,
+    "in_channels": 1,
+    "out_ch": 1,
+    "ch": 32,
+    "ch_mult": [1, 2, 2],
+    "num_res_blocks": 1,
+    "attn_resolutions": [],
+    "dropout": 0.0,
+}
 
 
 @dataclass
-class VQGANConfig:
+class VQGANConfig(ModelConfig):
     """Architecture of the first stage; `ddconfig` uses taming's key names."""
 
-    ddconfig: dict[str, Any] = field(
-        default_factory=lambda: {
-            "double_z": False,
-            "z_channels": 10,
-            "resolution": 32,
-            "in_channels": 1,
-            "out_ch": 1,
-            "ch": 32,
-            "ch_mult": [1, 2, 2],
-            "num_res_blocks": 1,
-            "attn_resolutions": [],
-            "dropout": 0.0,
-        }
-    )
+    ddconfig: dict[str, Any] = field(default_factory=lambda: dict(DDCONFIG_DEFAULTS))
     embed_dim: int = 10
     n_embed: int = 1024
     beta: float = 0.25
@@ -50,10 +51,9 @@ class VQGANConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VQGANConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown VQ-GAN model keys {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        cfg = cls(**d)
+        cfg = super().from_dict(d)  # unknown keys and the types of every field
+        check_section_types(cfg.ddconfig, DDCONFIG_DEFAULTS, "model.ddconfig",
+                            ("z_channels", "resolution", "in_channels", "out_ch", "ch", "num_res_blocks"))
         if cfg.ddconfig.get("double_z", False):
             raise ConfigError("ddconfig.double_z must be false for a VQ-GAN (it is for KL autoencoders).")
         return cfg

@@ -42,13 +42,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--threads", type=at.positive_int, default=1, help="search threads")
     n.set_defaults(func=_neighbours)
 
-    i = dsub.add_parser("inspect", help="shapes, bytes on disk, tables, and a recall spot-check of each saved index")
+    i = dsub.add_parser("inspect", help="shapes, bytes on disk, tables, and a recall spot-check of each saved index "
+                                        "(the manifest's consistency is checked first)")
     i.add_argument("db", help="database directory")
     i.add_argument("--spot-check", type=at.non_negative_int, default=200, metavar="N", help="random rows used as queries (0 to skip)")
     i.add_argument("-k", type=at.positive_int, default=10, help="k of the recall spot-check")
     i.set_defaults(func=_inspect)
 
-    v = dsub.add_parser("verify", help="recompute the full checksum and check every neighbour table")
+    v = dsub.add_parser("verify", help="check the manifest's consistency, recompute the full checksum, refuse non-finite "
+                                       "blocks, and check every neighbour table")
     v.add_argument("db", help="database directory")
     v.set_defaults(func=_verify)
 
@@ -108,7 +110,7 @@ def _inspect(args: argparse.Namespace) -> int:
     m = db.manifest
     print(f"database   {db.path}")
     print(f"rows       {db.rows}   grid {db.grid} x {db.grid} = {db.num_blocks} blocks of {m['block_shape']} (d = {db.dim})")
-    print(f"latents    {m['latent_shape']} from {m['source']}   VQ-GAN {db.checkpoint_hash[:12]}")
+    print(f"latents    {m['latent_shape']} from {m.get('source')}   VQ-GAN {db.checkpoint_hash[:12]}")
     print(f"blocks.npy {m['dtype']} {list(db.array.shape)}  {_mib(m['file_bytes'])}")
     for name in list_tables(db):
         t = open_table(db, name)

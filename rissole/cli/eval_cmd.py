@@ -72,9 +72,9 @@ def load_samples(samples: str, n: int, size: int | None = None, data_dir: str | 
         folder = ImageFolder(p, channels=3)  # grey files become R = G = B: the same Inception features
         total = len(folder)
         if size is None:
-            from PIL import Image
+            from rissole.data.folder import open_image
 
-            with Image.open(folder.files[0]) as im:
+            with open_image(folder.files[0]) as im:
                 size = min(im.size)
         folder.size = size
         folder.files = folder.files[:n]

@@ -13,7 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "from a YAML config (its `kind`: rissole (default), rdm, rarm)")
     t.add_argument("--config", required=True, help="YAML config, e.g. configs/rissole/fmnist_g2.yaml, configs/rdm/fmnist_vq.yaml")
     t.add_argument("--out", required=True, help="run directory: checkpoint/, final/, log.csv")
-    t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint bit for bit (same config)")
+    t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint bit for bit; a config that differs from the run's is "
+                                                         "refused (naming the keys) unless --allow-config-change")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue with the changed config values (the model section must still match)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config entries, e.g. model.retrieval=false train.steps=200")
     t.add_argument("--stop-after", type=at.positive_int, default=None, help="end this invocation after N steps (checkpointed)")
@@ -31,16 +34,21 @@ TRAINERS = {  # config kind -> module and function that train it
 def _train(args: argparse.Namespace) -> int:
     import importlib
 
-    from rissole.config import apply_overrides, load_config
+    from rissole.config import apply_overrides, load_config, naming_file
     from rissole.errors import ConfigError
+    from rissole.fileio import output_lock
+    from rissole.training import check_resume_config
 
     cfg = apply_overrides(load_config(args.config), args.set)
     kind = cfg.pop("kind", "rissole")
     if kind not in TRAINERS:
         raise ConfigError(f"{args.config}: kind {kind!r} is not trainable here; expected one of {sorted(TRAINERS)}.")
+    if args.resume:
+        check_resume_config(args.out, cfg, args.allow_config_change)
     module, name = TRAINERS[kind]
     train = getattr(importlib.import_module(module), name)
-    trainer = train(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
+    with naming_file(args.config), output_lock(args.out):  # a second run into the same --out fails at once
+        trainer = train(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
     where = Path(args.out) / ("final" if trainer.step == trainer.tc["steps"] else "checkpoint")
     print(f"step {trainer.step}/{trainer.tc['steps']}: wrote {where}")
     return 0

@@ -28,7 +28,7 @@ def npy_store(path: str | None, n: int) -> Iterator[Callable[[slice, np.ndarray]
 
         def store(sl: slice, images: np.ndarray) -> None:
             if not arrays:
-                arrays.append(create_memmap(tmp, np.uint8, (n, *images.shape[1:]), "the samples (--npy)"))
+                arrays.append(create_memmap(tmp, np.uint8, (n, *images.shape[1:]), "the samples (--npy)", path))
             arrays[0][sl] = images
 
         yield store

@@ -19,7 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = vsub.add_parser("train", help="train a VQ-GAN from a YAML config (resumable)")
     t.add_argument("--config", required=True, help="YAML config, e.g. configs/vqgan/fmnist_f4.yaml")
     t.add_argument("--out", required=True, help="run directory: checkpoint/, final/, log.csv, val.csv")
-    t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint bit for bit (same config)")
+    t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint bit for bit; a config that differs from the run's is "
+                                                         "refused (naming the keys) unless --allow-config-change")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue with the changed config values (the model section must still match)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config entries, e.g. train.steps=200")
     t.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files (default: the Debian package's)")
     t.add_argument("--stop-after", type=at.positive_int, default=None, help="end this invocation after N steps (checkpointed)")
@@ -45,10 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from rissole.autoencoder.train import train_vqgan
-    from rissole.config import apply_overrides, load_config
+    from rissole.config import apply_overrides, load_config, naming_file
+    from rissole.fileio import output_lock
+    from rissole.training import check_resume_config
 
     cfg = apply_overrides(load_config(args.config), args.set)
-    trainer = train_vqgan(cfg, args.out, resume=args.resume, stop_after=args.stop_after, data_dir=args.data_dir)
+    if args.resume:
+        check_resume_config(args.out, cfg, args.allow_config_change)
+    with naming_file(args.config), output_lock(args.out):  # a second run into the same --out fails at once
+        trainer = train_vqgan(cfg, args.out, resume=args.resume, stop_after=args.stop_after, data_dir=args.data_dir)
     where = Path(args.out) / ("final" if trainer.step == trainer.train_cfg["steps"] else "checkpoint")
     print(f"step {trainer.step}/{trainer.train_cfg['steps']}: wrote {where}")
     return 0

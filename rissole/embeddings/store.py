@@ -72,7 +72,7 @@ def write_embeddings(embedder: Embedder, latents_path: str | os.PathLike, out: s
         if embedder.embed_latents(np.asarray(lat.array[:1])) is None:
             images = _source_images(lat)
         with atomic_path(out, suffix=".npy") as tmp:
-            arr = create_memmap(tmp, np.float32, (len(rows), spec.dim, 1, 1), "the embeddings")
+            arr = create_memmap(tmp, np.float32, (len(rows), spec.dim, 1, 1), "the embeddings", out)
             for s in tqdm(range(0, len(rows), chunk), desc=f"embed {spec.embedder}", unit="chunk", disable=not progress):
                 ids = rows[s : s + chunk]
                 v = embedder.embed_latents(np.asarray(lat.array[ids])) if images is None else embedder.embed_images(images[ids])

@@ -236,7 +236,7 @@ def build_database(
     b, bh, bw = grid * grid, h // grid, w // grid
     dim = c * bh * bw
     with atomic_dir(out, DATABASE, force=overwrite) as tmp:
-        arr = create_memmap(tmp / BLOCKS_FILE, dtype, (b, n, dim), "the block database")
+        arr = create_memmap(tmp / BLOCKS_FILE, dtype, (b, n, dim), "the block database", out / BLOCKS_FILE)
         for start in tqdm(range(0, n, chunk_rows), desc="db build", unit="chunk", disable=not progress):
             z = np.asarray(lat.array[start : start + chunk_rows], dtype=np.float32)
             check_finite(z, f"{latents_path} rows {start}..{start + len(z) - 1} (latents)")
