@@ -142,14 +142,15 @@ def _negative(value: Any) -> bool:
 
 
 def check_section_types(section: Any, defaults: dict[str, Any], name: str,
-                        positive: tuple[str, ...] = ()) -> None:
+                        positive: tuple[str, ...] = (), nullable: tuple[str, ...] = ()) -> None:
     """A train-like section against its defaults: a key whose default is an int must be an integer, a float a
     finite number (an integer will do), a bool true/false, a str a string, a list a list; a default of None takes
-    anything. Numbers may not be negative, and those named in `positive` must be at least 1."""
+    anything, and so may those named in `nullable` (null switches them off). Numbers may not be negative, and
+    those named in `positive` must be at least 1."""
     if not isinstance(section, dict):
         raise ConfigError(f"config section {name!r}: expected a mapping, found {_found(section)}.")
     for key, value in section.items():
-        if key not in defaults or value is None and defaults[key] is None:
+        if key not in defaults or value is None and (defaults[key] is None or key in nullable):
             continue
         default = defaults[key]
         hint: Any = Any if default is None else type(default)

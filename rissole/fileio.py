@@ -33,9 +33,9 @@ from rissole.errors import DataError
 
 # Kinds of artefact a command writes, and how to recognise one on disk (see artefact_kind).
 DATABASE, BUNDLE, CHECKPOINT, INDEX = "block database", "edge bundle", "checkpoint", "search index"
-LATENTS, PNG, NPY = "latents file", "PNG image", ".npy array"
+LATENTS, PNG, NPY, JSON = "latents file", "PNG image", ".npy array", "JSON results file"
 DIR_KINDS = (DATABASE, BUNDLE, CHECKPOINT, INDEX)
-REGENERABLE = (PNG, NPY)  # pictures and sample arrays: replaced by the next run without --force
+REGENERABLE = (PNG, NPY, JSON)  # pictures, sample arrays, metric results: replaced by the next run without --force
 _PNG_MAGIC, _NPY_MAGIC = b"\x89PNG\r\n\x1a\n", b"\x93NUMPY"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -94,6 +94,8 @@ def artefact_kind(path: str | os.PathLike) -> str | None:
             return NPY
         if head == _PNG_MAGIC:
             return PNG
+        if path.suffix == ".json" and isinstance(_json(path), dict):
+            return JSON
     return None
 
 
@@ -345,13 +347,14 @@ def atomic_dir(dest: str | os.PathLike, kind: str = CHECKPOINT, force: bool = Fa
                 old.unlink(missing_ok=True)
 
 
-def write_text_atomic(dest: str | os.PathLike, text: str) -> None:
-    with atomic_path(dest) as tmp:
+def write_text_atomic(dest: str | os.PathLike, text: str, kind: str | None = None) -> None:
+    with atomic_path(dest, kind=kind) as tmp:
         tmp.write_text(text)
 
 
-def write_json_atomic(dest: str | os.PathLike, obj: Any) -> None:
-    write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def write_json_atomic(dest: str | os.PathLike, obj: Any, kind: str | None = None) -> None:
+    """`kind` (JSON) when `dest` is a user's output: then only a JSON file there is replaced."""
+    write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n", kind)
 
 
 def write_yaml_atomic(dest: str | os.PathLike, obj: Any) -> None:

@@ -17,13 +17,14 @@ from rissole.errors import CheckpointError, ConfigError
 
 
 POSITIVE_KEYS = ("steps", "batch_size", "ckpt_every", "val_every")  # train keys that must be at least 1
+NULLABLE_KEYS = ("ema_decay", "max_params", "disc_start", "lpips_weights")  # null: off / no limit
 
 
 def with_defaults(section: dict[str, Any] | None, defaults: dict[str, Any], name: str) -> dict[str, Any]:
     """`defaults` updated by `section`; an unknown key is refused (a typo must not be silently ignored), and every
     value is checked against its default's type and range (config.check_section_types)."""
     section = {} if section is None else section
-    check_section_types(section, defaults, name, POSITIVE_KEYS)
+    check_section_types(section, defaults, name, POSITIVE_KEYS, NULLABLE_KEYS)
     unknown = set(section) - set(defaults)
     if unknown:
         raise ConfigError(f"unknown {name} keys {sorted(unknown)}; known: {sorted(defaults)}")

@@ -21,14 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                                              "diffusion bundles)")
     p.add_argument("--top-k", type=at.non_negative_int, default=None, help="RARM: keep the top-k codes at each position (0 = all; "
                                                            "default: the manifest's)")
-    p.add_argument("--temperature", type=at.positive_float, default=None, help="RARM: sampling temperature > 0 "
+    p.add_argument("--temperature", type=at.TEMPERATURE, default=None, help="RARM: sampling temperature in [0.001, 100] "
                                                                             "(default: the manifest's)")
     p.add_argument("--out", default="grid.png", help="PNG grid to write")
     p.add_argument("--npy", default=None, help="also save the uint8 images (n, C, H, W) as .npy")
     p.add_argument("--seed", type=at.seed, default=0, help="seed of the pseudo-queries and the noise (RARM: the draws)")
     p.add_argument("--top-m", type=at.fraction, default=None, help="top-m fraction of p_D, in (0, 1] (default: the "
                                                                        "manifest's)")
-    p.add_argument("--guidance", type=at.finite_float, default=None, help="guidance scale, a finite number (default: "
+    p.add_argument("--guidance", type=at.GUIDANCE, default=None, help="guidance scale in [0, 100] (default: "
                                                                             "the manifest's)")
     p.add_argument("--provider", default="auto", choices=("auto", "tensorrt", "cuda", "cpu"),
                    help="execution provider (auto: TensorRT, CUDA, CPU, first available)")

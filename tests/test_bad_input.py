@@ -314,17 +314,13 @@ def small_disk(tmp_path: Path) -> Path:
 
 
 def test_db_build_on_a_full_disk_fails_clearly_and_keeps_the_old_database(real, small_disk, capsys) -> None:  # noqa: ANN001
-    from rissole.autoencoder import load_vqgan
-    from rissole.checkpoint import load_checkpoint
-    from rissole.data import load_source
-    from rissole.latents import encode_images
-    from rissole.paths import SHIPPED_VQGAN
-
     db = copy_db(real, small_disk / "db")  # 160 KiB of blocks: fits
-    big = real["dir"] / "big.npy"  # 512 latents -> 1.25 MiB of blocks: does not
+    big = real["dir"] / "big.npy"  # the 64 real latents 8 times over -> 1.25 MiB of blocks: does not
     if not big.exists():
-        encode_images(load_vqgan(SHIPPED_VQGAN), load_source("fmnist:train", limit=512).images, big, str(SHIPPED_VQGAN),
-                      load_checkpoint(SHIPPED_VQGAN).weights_hash(), "fmnist:train", progress=False)
+        np.save(big, np.concatenate([np.load(real["latents"])] * 8))
+        m = json.loads(real["latents"].with_suffix(".json").read_text())
+        big.with_suffix(".json").write_text(json.dumps({**m, "shape": [8 * N_ROWS, *m["shape"][1:]],
+                                                        "count": 8 * N_ROWS, "labels": None}))
     refused(rissole, ["db", "build", big, "--out", db, "--grid", 2, "--force"], small_disk,
             [f"{db}/blocks.npy: the block database needs 1.3 MiB", "MiB are free", "nothing was written"], capsys)
 
@@ -423,21 +419,21 @@ def test_db_verify_refuses_non_finite_blocks(real, tmp_path, capsys) -> None:  #
 def test_sampled_latents_that_go_non_finite_are_refused_before_decoding(real, tmp_path, capsys) -> None:  # noqa: ANN001
     from safetensors.torch import load_file, save_file
 
-    from rissole.paths import SHIPPED_RISSOLE
-
-    ck = tmp_path / "ck"
-    shutil.copytree(SHIPPED_RISSOLE, ck)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**_tiny_rissole_config(real["db"]), "train": {
+        "steps": 1, "batch_size": 8, "warmup_steps": 1, "ema_decay": None, "seed": 1}}))
+    rc, err = run(rissole, ["train", "--config", cfg, "--out", tmp_path / "run"], capsys)
+    assert rc == 0, err
+    ck = tmp_path / "run" / "final"
     w = load_file(str(ck / "model.safetensors"))
     name = next(k for k, v in w.items() if v.is_floating_point() and v.dim() >= 2)
-    w[name] = w[name].clone().fill_(float("nan"))
+    w[name] = w[name].clone().fill_(float("nan"))  # a broken model: every sample goes nan
     (ck / "model.safetensors").unlink()
     save_file(w, str(ck / "model.safetensors"))
-    ship_db = ROOT / "runs" / "db" / "fmnist-train-g2"
-    if not (ship_db / "neighbours" / "database.json").is_file():
-        pytest.skip(f"{ship_db} is not built (rissole demo builds it)")
-    refused(rissole, ["sample", "--ckpt", ck, "--db", ship_db, "-n", 2, "--steps", 2, "--out", tmp_path / "s.png"],
-            tmp_path, ["the sampled latents (before decoding)", "not finite", "expected finite numbers",
-                       "Nothing was written"], capsys)
+    refused(rissole, ["sample", "--ckpt", ck, "--db", real["db"], "-n", 2, "--steps", 2, "--out", tmp_path / "s.png",
+                      "--npy", tmp_path / "s.npy"], tmp_path,
+            ["the sampled latents (before decoding)", "not finite", "expected finite numbers", "Nothing was written"],
+            capsys)
 
 
 def test_sampling_is_batched_and_streamed_with_memory_bounded_by_the_batch(tmp_path) -> None:  # noqa: ANN001

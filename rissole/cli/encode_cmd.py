@@ -11,7 +11,8 @@ from rissole_runtime import argtypes as at
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="encode a data set into VQ-GAN latents (memmapped .npy + manifest JSON)")
     p.add_argument("--ckpt", default=str(SHIPPED_VQGAN), help="VQ-GAN checkpoint directory (default: the shipped one)")
-    p.add_argument("--source", default="fmnist:train", help="images: fmnist:train|test, folder:PATH[:split], npy:PATH")
+    p.add_argument("--source", default="fmnist:train", help="images: fmnist:train|test, folder:PATH[:split] (16-bit scaled, "
+                                                           "transparency composited onto white), npy:PATH")
     p.add_argument("--out", required=True, help="output .npy; the manifest is written beside it as .json")
     p.add_argument("--force", action="store_true", help="replace a latents file already at --out (nothing else is "
                                                         "ever replaced)")

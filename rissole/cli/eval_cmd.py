@@ -99,7 +99,7 @@ def load_samples(samples: str, n: int, size: int | None = None, data_dir: str | 
 def _fid(args: argparse.Namespace) -> int:
     import time
 
-    from rissole.fileio import write_json_atomic
+    from rissole.fileio import JSON, write_json_atomic
     from rissole.metrics import evaluate
 
     if args.n < 2:
@@ -118,7 +118,7 @@ def _fid(args: argparse.Namespace) -> int:
     if args.pr:
         print(f"precision {res['precision']:.4f}  recall {res['recall']:.4f}  (k = {res['pr_k']})")
     if args.json:
-        write_json_atomic(args.json, res)
+        write_json_atomic(args.json, res, kind=JSON)
         print(f"wrote {args.json}")
     return 0
 
@@ -130,7 +130,7 @@ def _grey_samples(samples: str, n: int) -> np.ndarray:
 
 def _seams(args: argparse.Namespace) -> int:
     from rissole.data import load_source
-    from rissole.fileio import write_json_atomic
+    from rissole.fileio import JSON, write_json_atomic
     from rissole.metrics.seams import seam_score
 
     res = seam_score(_grey_samples(args.samples, args.n), load_source(args.ref, limit=args.n).images, args.grid)
@@ -138,13 +138,13 @@ def _seams(args: argparse.Namespace) -> int:
     print(f"seam score {res['score']:.3f} (boundary/inside step ratio: samples {res['samples_ratio']:.3f}, "
           f"{args.ref} {res['real_ratio']:.3f}; N = {args.n})")
     if args.json:
-        write_json_atomic(args.json, res)
+        write_json_atomic(args.json, res, kind=JSON)
     return 0
 
 
 def _copies(args: argparse.Namespace) -> int:
     from rissole.data import load_source
-    from rissole.fileio import write_json_atomic
+    from rissole.fileio import JSON, write_json_atomic
     from rissole.metrics.copies import cached_nearest_distinct_pair, copy_rate
 
     train = load_source(args.train)
@@ -153,5 +153,5 @@ def _copies(args: argparse.Namespace) -> int:
     print(f"copy rate {res['copy_rate']:.4f} of {res['n']} samples (nearest distinct training pair "
           f"{res['nearest_train_pair']:.3f}, median sample-to-train distance {res['median_sample_to_train']:.3f})")
     if args.json:
-        write_json_atomic(args.json, res)
+        write_json_atomic(args.json, res, kind=JSON)
     return 0

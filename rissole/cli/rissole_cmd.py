@@ -65,7 +65,8 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--guidance", type=at.GUIDANCE, default=1.0, help="classifier-free guidance scale against zero neighbours")
     s.add_argument("--seed", type=at.seed, default=0, help="seed of the pseudo-queries and of the noise")
     s.add_argument("--query", nargs="*", default=None, metavar="IMAGE",
-                   help="condition on your own images (PNG/JPEG) instead of pseudo-queries: n samples per query cycle over them")
+                   help="condition on your own images (PNG/JPEG; transparency composited onto white) instead of "
+                        "pseudo-queries: n samples per query cycle over them")
     s.add_argument("--order", choices=("parallel", "block_by_block"), default="parallel",
                    help="all blocks in one call per step (default) or one block position at a time")
     s.add_argument("--db", "--database", dest="db", default=None,
