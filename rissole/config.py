@@ -80,6 +80,18 @@ def require(section: dict[str, Any], name: str, keys: list[str]) -> None:
 SECTIONS = ("model", "data", "train", "diffusion")
 
 
+def require_data(config: dict[str, Any], keys: list[str]) -> None:
+    """The config's `data` section must name `keys` (paths and specs: strings); the other entries a trainer reads
+    with defaults must be strings, numbers or null."""
+    data = config["data"]
+    require(data, "data", keys)
+    for key, value in data.items():
+        if key in keys and not isinstance(value, str) or not isinstance(value, (str, int, float, type(None))) \
+                or isinstance(value, bool):
+            raise ConfigError(f"config key data.{key}: expected {'a path or spec (a string)' if key in keys else 'a string, a number or null'}, "
+                              f"found {_found(value)}.")
+
+
 @contextlib.contextmanager
 def naming_file(path: str | os.PathLike) -> Iterator[None]:
     """Prefix a ConfigError raised while a config is used with the file it came from."""

@@ -129,7 +129,7 @@ class Bundle:
 
     @property
     def schedule(self) -> NoiseSchedule:
-        return NoiseSchedule.from_dict(self.manifest["schedule"])
+        return NoiseSchedule.from_dict(self.manifest["schedule"], str(self.path / MANIFEST))
 
     @property
     def max_samples(self) -> int:

@@ -519,6 +519,11 @@ def _tiny_rissole_config(db: Path) -> dict[str, Any]:
     (lambda c: c["train"].update(steps=0), ["config key train.steps: expected a value >= 1, found 0"]),
     (lambda c: c["train"].update(lr=float("nan")), ["config key train.lr: expected a number, found nan"]),
     (lambda c: c.update(model=[1, 2]), ["config key 'model': expected a mapping (a section), found a list"]),
+    (lambda c: c["data"].pop("db"), ["config section 'data' is missing ['db']"]),
+    (lambda c: c.update(diffusion={"num_timesteps": "many"}),
+     ["key 'diffusion.num_timesteps': expected an integer >= 1, found 'many' (str)"]),
+    (lambda c: c.update(diffusion={"beta_start": 0.5, "beta_end": 0.1}),
+     ["diffusion: expected 0 < beta_start < beta_end < 1, found 0.5, 0.1"]),
 ])
 def test_train_refuses_bad_configs_naming_file_and_key(real, tmp_path, capsys, edit, mentions) -> None:  # noqa: ANN001
     cfg = _tiny_rissole_config(real["db"])

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from rissole.autoencoder.losses import adaptive_gan_weight, build_discriminator, hinge_d_loss, psnr
 from rissole.autoencoder.vqgan import VQGANConfig, VQModel
 from rissole.checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint
-from rissole.config import require
+from rissole.config import require, require_data
 from rissole.data import load_source, to_model_range
 from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
 from rissole.ema import EMA
@@ -71,6 +71,7 @@ class VQGANTrainer:
 
     def __init__(self, config: dict[str, Any], run_dir: str | os.PathLike) -> None:
         require(config, "config", ["model", "data"])
+        require_data(config, ["source"])
         self.config = config
         self.train_cfg = with_defaults(config.get("train"), TRAIN_DEFAULTS, "train")
         self.config["train"] = self.train_cfg

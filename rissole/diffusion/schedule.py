@@ -13,6 +13,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from rissole_runtime.errors import ConfigError
+from rissole_runtime.validate import INT, NUM, STR, Field, check_schema
+
+SCHEDULE_SCHEMA = {"num_timesteps": Field(INT, required=False, min=1), "beta_start": Field(NUM, required=False),
+                   "beta_end": Field(NUM, required=False), "kind": Field(STR, required=False)}
+
 Array = TypeVar("Array")  # torch.Tensor or np.ndarray: anything with + and * by floats
 
 
@@ -27,9 +33,9 @@ class NoiseSchedule:
 
     def __post_init__(self) -> None:
         if self.kind not in ("linear", "scaled_linear"):
-            raise ValueError(f"schedule kind must be 'linear' or 'scaled_linear' (latent-diffusion's), found {self.kind!r}")
+            raise ConfigError(f"diffusion.kind: expected 'linear' or 'scaled_linear' (latent-diffusion's), found {self.kind!r}")
         if not 0 < self.beta_start < self.beta_end < 1:
-            raise ValueError(f"need 0 < beta_start < beta_end < 1, found {self.beta_start}, {self.beta_end}")
+            raise ConfigError(f"diffusion: expected 0 < beta_start < beta_end < 1, found {self.beta_start}, {self.beta_end}")
 
     @property
     def betas(self) -> np.ndarray:
@@ -50,7 +56,12 @@ class NoiseSchedule:
         return {"num_timesteps": self.num_timesteps, "beta_start": self.beta_start, "beta_end": self.beta_end, "kind": self.kind}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NoiseSchedule":
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "NoiseSchedule":
+        """From a config's `diffusion` section or a manifest's `schedule`: keys and types checked first."""
+        check_schema(d, SCHEDULE_SCHEMA, where, "diffusion", error=ConfigError)
+        unknown = sorted(set(d) - set(SCHEDULE_SCHEMA))
+        if unknown:
+            raise ConfigError(f"{where}: unknown diffusion keys {unknown}; known: {sorted(SCHEDULE_SCHEMA)}.")
         return cls(**d)
 
 

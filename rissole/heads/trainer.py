@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from rissole.checkpoint import Checkpoint, flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint
-from rissole.config import require
+from rissole.config import require, require_data
 from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
 from rissole.ema import EMA
 from rissole.errors import CheckpointError, ConfigError
@@ -71,6 +71,7 @@ class HeadTrainer:
 
     def __init__(self, config: dict[str, Any], run_dir: str | os.PathLike) -> None:
         require(config, "config", ["model", "data"])
+        require_data(config, ["db"])
         self.config = config
         self.tc = tc = with_defaults(config.get("train"), self.defaults, "train")
         config["train"] = tc
