@@ -89,7 +89,7 @@ def write_embeddings_quiet(embedder: Any, latents_path: Path, out: Path, rows: n
     from rissole.embeddings import write_embeddings
 
     t0 = time.perf_counter()
-    write_embeddings(embedder, latents_path, out, rows, progress=False)
+    write_embeddings(embedder, latents_path, out, rows, progress=False, force=True)  # the benchmark's own cache
     print(f"  embedded {len(rows)} rows of {latents_path} -> {out} in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
@@ -120,7 +120,7 @@ def ensure_digits_latents(pipe: Any, work: Path) -> tuple[Path, np.ndarray, np.n
     if load_checkpoint(vq_path).weights_hash() != vq_hash:
         raise SystemExit(f"{vq_path}: not the VQ-GAN the model was trained with ({vq_hash[:12]})")
     encode_images(pipe.vqgan, images, lat_path, checkpoint=str(vq_path), checkpoint_hash=vq_hash,
-                  source=f"npy:{npy.resolve()}", labels=labels, device=pipe.device, progress=False)
+                  source=f"npy:{npy.resolve()}", labels=labels, device=pipe.device, progress=False, force=True)
     return lat_path, images, labels
 
 

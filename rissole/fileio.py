@@ -160,9 +160,10 @@ def _pid_alive(pid: int) -> bool:
 def clean_stale(dest: str | os.PathLike) -> list[Path]:
     """Remove this tool's own leftovers beside `dest` from a killed run (`.NAME.PID-RANDOM.tmp|.old` whose PID is
     no longer alive). Call with the destination's lock held. A stale `.old` is the previous complete version
-    of `dest`: it is put back when `dest` itself is missing (a crash between the two renames of a swap)."""
+    of `dest`: it is put back when `dest` itself is missing (a crash between the two renames of a swap). Safe
+    without the lock too: a temporary whose process is alive is never touched."""
     dest = Path(dest)
-    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(\d+)-[0-9a-f]{{8}}(\.tmp|\.old)$")
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(\d+)-[0-9a-f]{{8}}(?:\.[A-Za-z0-9]+)?(\.tmp|\.old)$")
     removed = []
     if not dest.parent.is_dir():
         return removed
@@ -288,6 +289,8 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "", kind: str | None = No
         if kind:
             check_replace(dest, kind, force)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if not kind:
+            clean_stale(dest)  # (output_lock has cleaned already)
         tmp_path = _temp_name(dest, suffix + ".tmp")
         fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
         os.close(fd)
