@@ -99,6 +99,7 @@ class VQGANTrainer:
         self.gen = torch.Generator().manual_seed(tc["seed"] + 1)
         self.code_usage = torch.zeros(self.model_config.n_embed, dtype=torch.int64)
         self.step = 0
+        self.inference_choice = "ema" if self.ema else "live"  # set by validate()
 
     # ---------------------------------------------------------------- state
     def _weights(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -123,8 +124,10 @@ class VQGANTrainer:
         save_checkpoint(self.run_dir / "checkpoint", "vqgan", self.step, self._cfg_for_save(), self._weights(), tensors, meta)
 
     def save_final(self) -> Path:
+        """Inference weights: the EMA as well only when it validated at least as well as the live weights
+        (loaders prefer ema.safetensors when present); without validation data the EMA is kept."""
         w = {"model": self.model.state_dict()}
-        if self.ema:
+        if self.ema and self.inference_choice == "ema":
             w["ema"] = self.ema.state_dict()
         return save_checkpoint(self.run_dir / "final", "vqgan", self.step, self._cfg_for_save(), w)
 
@@ -139,7 +142,7 @@ class VQGANTrainer:
             )
         ckpt.load_into(self.model, "model")
         if self.ema:
-            self.ema.load_state_dict(ckpt.weights["ema"])
+            self.ema.load_state_dict(ckpt.weights["ema"], num_updates=ckpt.step)
         if self.disc:
             prefix = "loss.discriminator."
             self.disc.load_state_dict({k[len(prefix):]: v for k, v in ckpt.weights["discriminator"].items()})
@@ -217,11 +220,23 @@ class VQGANTrainer:
 
     @torch.no_grad()
     def validate(self, images: np.ndarray) -> dict[str, float]:
-        """PSNR (dB) and codebook usage on held-out images, with the inference (EMA) weights if any."""
-        model = self.model
+        """PSNR (dB) and codebook usage on held-out images, for the live and (if any) the EMA weights side by side.
+
+        `val_psnr` / `val_code_usage` are those of the weights inference will use: the EMA unless the
+        live weights validate better (early in a run, or with a decay too slow for the run's length).
+        """
+        out = {f"{k}_live": v for k, v in self._validate_model(self.model, images).items()}
+        use = "live"
         if self.ema:
-            model = VQModel(self.model_config).to(self.device)
-            model.load_state_dict(self.ema.state_dict())
+            ema_model = VQModel(self.model_config).to(self.device)
+            ema_model.load_state_dict(self.ema.state_dict())
+            out.update({f"{k}_ema": v for k, v in self._validate_model(ema_model, images).items()})
+            use = "ema" if out["val_psnr_ema"] >= out["val_psnr_live"] else "live"
+        self.inference_choice = use
+        return {"val_psnr": out[f"val_psnr_{use}"], "val_code_usage": out[f"val_code_usage_{use}"], **out}
+
+    def _validate_model(self, model: VQModel, images: np.ndarray) -> dict[str, float]:
+        was_training = model.training
         model.eval()
         psnrs, used = [], torch.zeros(self.model_config.n_embed, dtype=torch.bool)
         for start in range(0, len(images), 256):
@@ -229,6 +244,7 @@ class VQGANTrainer:
             xrec, _, idx = model(x)
             psnrs.append(psnr(xrec.clamp(-1, 1), x).cpu())
             used[idx.flatten().cpu()] = True
+        model.train(was_training)
         return {"val_psnr": float(torch.cat(psnrs).mean()), "val_code_usage": float(used.float().mean())}
 
 
@@ -274,7 +290,9 @@ def train_vqgan(
         if val_images is not None and (trainer.step % tc["val_every"] == 0 or trainer.step == tc["steps"]):
             val = trainer.validate(val_images)
             append_csv(run_dir / "val.csv", {"step": trainer.step, "seconds": f"{time.time() - t0:.1f}", **val})
-            bar.write(f"step {trainer.step}: val PSNR {val['val_psnr']:.2f} dB, code usage {val['val_code_usage']:.1%}")
+            ema = f", EMA {val['val_psnr_ema']:.2f} dB" if "val_psnr_ema" in val else ""
+            bar.write(f"step {trainer.step}: val PSNR live {val['val_psnr_live']:.2f} dB{ema} "
+                      f"(inference uses {trainer.inference_choice}), code usage {val['val_code_usage']:.1%}")
         if trainer.step % tc["ckpt_every"] == 0 or last:
             trainer.save()
     bar.close()

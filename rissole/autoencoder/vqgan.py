@@ -56,6 +56,11 @@ class VQGANConfig:
         cfg = cls(**d)
         if cfg.ddconfig.get("double_z", False):
             raise ConfigError("ddconfig.double_z must be false for a VQ-GAN (it is for KL autoencoders).")
+        cin, cout = cfg.ddconfig.get("in_channels"), cfg.ddconfig.get("out_ch")
+        if cin != cout:
+            # a 1-channel output broadcasts silently against a 3-channel target in the L1 loss
+            raise ConfigError(f"model.ddconfig: in_channels is {cin} but out_ch is {cout}; an autoencoder must "
+                              f"reconstruct the channels it reads: set both to the images' channel count.")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
