@@ -53,3 +53,27 @@ def test_short_run_reports_live_and_ema_and_ships_the_better(tmp_path: Path, tin
     assert last["val_psnr"] == max(last["val_psnr_live"], last["val_psnr_ema"])
     final = load_checkpoint(tmp_path / "run" / "final")
     assert final.inference_weights_name() == ("ema" if trainer.inference_choice == "ema" else "model")
+
+
+def test_fid_subset_is_seeded_random_not_the_first_classes(tmp_path: Path, fmnist_test_300) -> None:
+    """A folder sorted by class: the first N are one class; the seeded subset draws from all, reproducibly."""
+    import numpy as np
+    from PIL import Image
+
+    from rissole.cli.eval_cmd import load_samples
+    from rissole.metrics.reference import load_reference_images
+
+    for cls, start in (("a", 0), ("b", 100)):
+        (tmp_path / cls).mkdir()
+        for i in range(20):
+            Image.fromarray(fmnist_test_300[start + i, 0]).save(tmp_path / cls / f"{i:02d}.png")
+    first = load_samples(str(tmp_path), 10)
+    np.testing.assert_array_equal(first[:, 0], fmnist_test_300[:10, 0])  # seed None: the old first-N protocol
+    rand = load_samples(str(tmp_path), 10, seed=0)
+    from_b = sum(any((img[0] == fmnist_test_300[100 + j, 0]).all() for j in range(20)) for img in rand)
+    assert 0 < from_b < 10  # both classes drawn
+    np.testing.assert_array_equal(rand, load_samples(str(tmp_path), 10, seed=0))
+    ref = load_reference_images(f"folder:{tmp_path}", 10, size=32, seed=0)
+    np.testing.assert_array_equal(ref.images, rand)  # the same draw on both sides of an evaluation
+    with pytest.raises(Exception, match="SAMPLES .*: 41 images asked"):
+        load_samples(str(tmp_path), 41, seed=0)
