@@ -77,3 +77,33 @@ def test_fid_subset_is_seeded_random_not_the_first_classes(tmp_path: Path, fmnis
     np.testing.assert_array_equal(ref.images, rand)  # the same draw on both sides of an evaluation
     with pytest.raises(Exception, match="SAMPLES .*: 41 images asked"):
         load_samples(str(tmp_path), 41, seed=0)
+
+
+def test_recall_counts_ties_at_the_kth_score(tmp_path: Path) -> None:
+    """Every image twice in the database: the twin of a listed row is as near; recall must not punish it."""
+    import numpy as np
+
+    from rissole.autoencoder import load_vqgan
+    from rissole.checkpoint import load_checkpoint
+    from rissole.data import load_source
+    from rissole.latents import encode_images
+    from rissole.paths import SHIPPED_VQGAN
+    from rissole.retrieval import build_database
+    from rissole.retrieval.evaluate import recall_at_k, spot_check, true_scores
+    from rissole.retrieval.keys import KeySet
+    from rissole.retrieval.searchers.exact import ExactSearcher
+
+    data = load_source("fmnist:train", limit=60)
+    images = np.concatenate([data.images, data.images])  # row i and row i + 60 are the same image
+    encode_images(load_vqgan(SHIPPED_VQGAN), images, tmp_path / "lat.npy", str(SHIPPED_VQGAN),
+                  load_checkpoint(SHIPPED_VQGAN).weights_hash(), "fmnist:train", None, progress=False)
+    keys = KeySet(build_database(tmp_path / "lat.npy", tmp_path / "db", grid=2, progress=False), "block0")
+    q = keys.gather(np.arange(20))
+    exact = ExactSearcher().build(keys)
+    ids, scores = exact.search(q, 3)
+    twins = np.where(ids < 60, ids + 60, ids - 60)  # the same rows' duplicates: the same scores
+    assert recall_at_k(twins, ids, 3) < 0.8  # id matching alone calls these misses
+    assert recall_at_k(twins, ids, 3, true_scores(keys, q, twins), scores) == 1.0
+    worse = np.full_like(ids, 59)  # one far row repeated: not a tie
+    assert recall_at_k(worse, ids, 3, true_scores(keys, q, worse), scores) < 0.5
+    assert spot_check(exact, n=50, k=3) == 1.0  # brute force scores 1, whatever order it breaks ties in
