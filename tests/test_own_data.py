@@ -107,3 +107,38 @@ def test_recall_counts_ties_at_the_kth_score(tmp_path: Path) -> None:
     worse = np.full_like(ids, 59)  # one far row repeated: not a tie
     assert recall_at_k(worse, ids, 3, true_scores(keys, q, worse), scores) < 0.5
     assert spot_check(exact, n=50, k=3) == 1.0  # brute force scores 1, whatever order it breaks ties in
+
+
+def _colour_folder(root: Path, n: int = 24) -> Path:
+    """Real colour images: Fashion-MNIST garments tinted with a per-image colour, in two class folders."""
+    import numpy as np
+    from PIL import Image
+
+    from rissole.data import load_source
+
+    grey = load_source("fmnist:train", limit=n).images[:, 0].astype(np.float32) / 255.0
+    rng = np.random.default_rng(0)
+    for i, g in enumerate(grey):
+        tint = rng.uniform(0.2, 1.0, size=3)
+        rgb = (255 * (1 - g[..., None] * (1 - tint))).astype(np.uint8)  # coloured garment on white
+        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb, "RGB").save(root / f"c{i % 2}" / f"{i:03d}.png")
+    return root
+
+
+def test_grey_config_on_a_colour_folder_is_refused_and_auto_takes_the_data(tmp_path: Path,
+                                                                           tiny_vqgan_config: dict[str, Any]) -> None:
+    from rissole.data import source_channels
+
+    folder = _colour_folder(tmp_path / "imgs")
+    assert source_channels(f"folder:{folder}") == 3 and source_channels("fmnist:train") == 1
+    cfg = tiny_vqgan_config
+    cfg["data"].update(source=f"folder:{folder}", val_source=None, limit=None)
+    cfg["train"].update(steps=2, disc_start=None)
+    with pytest.raises(ConfigError, match=r"holds colour images \(3 channels\) but model.ddconfig.in_channels is 1"):
+        train_vqgan(cfg, tmp_path / "grey", progress=False)
+    assert not (tmp_path / "grey").exists()  # refused before anything was written
+    cfg["model"]["ddconfig"].update(in_channels="auto", out_ch="auto")
+    trainer = train_vqgan(cfg, tmp_path / "rgb", progress=False)
+    assert trainer.model_config.ddconfig["in_channels"] == 3 == trainer.model_config.ddconfig["out_ch"]
+    assert load_checkpoint(tmp_path / "rgb" / "final").config["model"]["ddconfig"]["in_channels"] == 3

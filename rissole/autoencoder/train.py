@@ -24,10 +24,10 @@ from rissole.autoencoder.losses import adaptive_gan_weight, build_discriminator,
 from rissole.autoencoder.vqgan import VQGANConfig, VQModel
 from rissole.checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint
 from rissole.config import require
-from rissole.data import load_source, to_model_range
+from rissole.data import load_source, source_channels, to_model_range
 from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
 from rissole.ema import EMA
-from rissole.errors import CheckpointError
+from rissole.errors import CheckpointError, ConfigError
 from rissole.training import (
     append_csv,
     batch_indices,
@@ -248,6 +248,28 @@ class VQGANTrainer:
         return {"val_psnr": float(torch.cat(psnrs).mean()), "val_code_usage": float(used.float().mean())}
 
 
+def resolve_data_channels(config: dict[str, Any], data_dir: str | os.PathLike | None = None) -> int:
+    """Take the autoencoder's channel count from its training data, in place.
+
+    `in_channels` / `out_ch` left out (or "auto") are set to the data's; a count that disagrees with the
+    data is refused: a grey config on a colour folder would otherwise train a grey model without a word.
+    """
+    spec = config["data"]["source"]
+    channels = source_channels(spec, data_dir=data_dir)
+    dd = config["model"].setdefault("ddconfig", dict(VQGANConfig().ddconfig))
+    for key in ("in_channels", "out_ch"):
+        if dd.get(key) in (None, "auto"):
+            dd[key] = channels
+        elif dd[key] != channels:
+            kind = "colour" if channels == 3 else "grey"
+            raise ConfigError(
+                f"data.source {spec} holds {kind} images ({channels} channel{'s' * (channels > 1)}) but model.ddconfig.{key} "
+                f"is {dd[key]}: set model.ddconfig.in_channels and out_ch to {channels} or to auto (the rgb32 and "
+                f"rgb64-f8 presets take them from the data)."
+            )
+    return channels
+
+
 def train_vqgan(
     config: dict[str, Any],
     run_dir: str | os.PathLike,
@@ -257,6 +279,7 @@ def train_vqgan(
     progress: bool = True,
 ) -> VQGANTrainer:
     """Train (or resume) a VQ-GAN run; `stop_after` ends this invocation early (with a checkpoint)."""
+    resolve_data_channels(config, data_dir or config["data"].get("data_dir"))
     trainer = VQGANTrainer(config, run_dir)
     tc, dc = trainer.train_cfg, config["data"]
     run_dir = Path(run_dir)
