@@ -142,3 +142,35 @@ def test_grey_config_on_a_colour_folder_is_refused_and_auto_takes_the_data(tmp_p
     trainer = train_vqgan(cfg, tmp_path / "rgb", progress=False)
     assert trainer.model_config.ddconfig["in_channels"] == 3 == trainer.model_config.ddconfig["out_ch"]
     assert load_checkpoint(tmp_path / "rgb" / "final").config["model"]["ddconfig"]["in_channels"] == 3
+
+
+def test_fit_runs_every_stage_then_skips_them_and_refuses_changed_settings(tmp_path: Path) -> None:
+    """`rissole fit` on a colour folder it never saw: configs from the preset and the data, every stage's
+    command in commands.sh, a second run skips what matches, other settings are refused with nothing changed."""
+    import json
+
+    from rissole.cli.main import main
+
+    folder = _colour_folder(tmp_path / "imgs", n=60)
+    run = tmp_path / "run"
+    argv = ["fit", str(folder), "--out", str(run), "--vqgan-steps", "6", "--head-steps", "4", "--samples", "4",
+            "--fid-n", "0", "--set", "vqgan.train.batch_size=8", "vqgan.train.val_every=3", "head.train.batch_size=4"]
+    assert main(argv) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["channels"] == 3 and summary["preset"] == "rgb32"
+    assert load_checkpoint(run / "vqgan" / "final").config["model"]["ddconfig"]["in_channels"] == 3
+    assert load_checkpoint(run / "rissole" / "final").config["model"]["latent_channels"] == 12
+    assert (run / "samples.png").is_file() and (run / "retrieval.png").is_file()
+    r = summary["reconstruction"]
+    assert r["val_images"] == summary["val_images"] > 0 and "colour_from_grey_reconstructions" in r
+    commands = (run / "commands.sh").read_text()
+    for cmd in ("rissole vqgan train", "rissole encode", "rissole db build", "rissole db neighbours", "rissole train"):
+        assert cmd in commands, cmd
+
+    assert main(argv) == 0
+    stages = json.loads((run / "summary.json").read_text())["stages"]
+    assert all(stages[s] == {"skipped": True} for s in ("vqgan", "encode", "db build", "db neighbours", "train rissole"))
+
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert main([*argv[:4], "--vqgan-steps", "7"]) == 2  # another run's settings: refused, nothing touched
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
