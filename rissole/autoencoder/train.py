@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rissole.autoencoder.losses import adaptive_gan_weight, build_discriminator, hinge_d_loss, psnr
+from rissole.autoencoder.losses import adaptive_gan_weight, build_discriminator, grey_distance, hinge_d_loss, psnr
 from rissole.autoencoder.vqgan import VQGANConfig, VQModel
 from rissole.checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint
 from rissole.config import require
@@ -233,19 +233,25 @@ class VQGANTrainer:
             out.update({f"{k}_ema": v for k, v in self._validate_model(ema_model, images).items()})
             use = "ema" if out["val_psnr_ema"] >= out["val_psnr_live"] else "live"
         self.inference_choice = use
-        return {"val_psnr": out[f"val_psnr_{use}"], "val_code_usage": out[f"val_code_usage_{use}"], **out}
+        chosen = {k[: -len(use) - 1]: v for k, v in out.items() if k.endswith(f"_{use}")}
+        return {**chosen, **out}
 
     def _validate_model(self, model: VQModel, images: np.ndarray) -> dict[str, float]:
         was_training = model.training
         model.eval()
-        psnrs, used = [], torch.zeros(self.model_config.n_embed, dtype=torch.bool)
+        psnrs, colour, used = [], [], torch.zeros(self.model_config.n_embed, dtype=torch.bool)
         for start in range(0, len(images), 256):
             x = to_model_range(images[start : start + 256]).to(self.device)
             xrec, _, idx = model(x)
             psnrs.append(psnr(xrec.clamp(-1, 1), x).cpu())
+            if x.shape[1] == 3:
+                colour.append(grey_distance(xrec.clamp(-1, 1)).cpu())
             used[idx.flatten().cpu()] = True
         model.train(was_training)
-        return {"val_psnr": float(torch.cat(psnrs).mean()), "val_code_usage": float(used.float().mean())}
+        out = {"val_psnr": float(torch.cat(psnrs).mean()), "val_code_usage": float(used.float().mean())}
+        if colour:  # colour kept vs steps: compare with grey_distance of the data (rissole fit's summary)
+            out["val_colour"] = float(torch.cat(colour).mean())
+        return out
 
 
 def resolve_data_channels(config: dict[str, Any], data_dir: str | os.PathLike | None = None) -> int:
