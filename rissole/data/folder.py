@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,43 @@ from PIL import Image, UnidentifiedImageError
 from rissole.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+BACKGROUND = 255  # transparent pixels are composited onto white, as a viewer shows a sticker or an icon
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's limit (about 89M pixels); a larger image is refused, not decoded
+
+
+def to_8bit(im: Image.Image, channels: int) -> Image.Image:
+    """A decoded image as 8-bit grey ("L") or RGB, without silent data loss:
+    16/32-bit grey (PNG "I;16", "I") is scaled from its full range to 0..255 (Pillow's convert would clip it,
+    saturating a 16-bit gradient to white); any transparency (RGBA, LA, PA, P or L/RGB with a transparent
+    colour) is composited onto a white background (convert would drop alpha and keep the hidden colour)."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(im).astype(np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) <= 65535 else float(2**32 - 1)
+        im = Image.fromarray(np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray(np.clip(np.round(arr * 255.0 if arr.max(initial=0) <= 1.0 else arr), 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        back = Image.new("RGBA", rgba.size, (BACKGROUND, BACKGROUND, BACKGROUND, 255))
+        im = Image.alpha_composite(back, rgba)
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file; one above MAX_PIXELS (a decompression bomb, or simply too large) is refused by its
+    header, before anything is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            im.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: refused, too many pixels ({exc}); expected an image of at most {MAX_PIXELS:,} "
+                        "pixels. Resize it first.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc}). Remove or replace the file.") from exc
+    return im
 
 
 def _in_val(rel_path: str, val_fraction: float, seed: int) -> bool:
@@ -87,18 +125,15 @@ class ImageFolder:
     def __getitem__(self, i: int) -> np.ndarray:
         """Image i as uint8 (C, size, size)."""
         path = self.files[i]
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L" if self.channels == 1 else "RGB")
-                w, h = im.size
-                scale = self.size / min(w, h)
-                nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-                im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-                left, top = (nw - self.size) // 2, (nh - self.size) // 2
-                im = im.crop((left, top, left + self.size, top + self.size))
-                arr = np.asarray(im, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{path}: cannot read image ({exc}). Remove or replace the file.") from exc
+        with open_image(path) as im:
+            im = to_8bit(im, self.channels)
+            w, h = im.size
+            scale = self.size / min(w, h)
+            nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+            im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+            left, top = (nw - self.size) // 2, (nh - self.size) // 2
+            im = im.crop((left, top, left + self.size, top + self.size))
+            arr = np.asarray(im, dtype=np.uint8)
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
     def to_array(self) -> np.ndarray:
