@@ -92,8 +92,11 @@ def resolve_configs(preset: dict[str, Any], folder: Path, channels: int, run: Pa
     dd = vq["model"]["ddconfig"]
     dd.update(in_channels=channels, out_ch=channels, resolution=int(preset["resolution"]))
     vq["data"] = {"source": f"folder:{folder}:train", "val_source": f"folder:{folder}:val", "data_dir": None, "limit": None}
-    if vqgan_steps is not None:
-        vq["train"]["steps"] = vqgan_steps
+    if vqgan_steps is not None:  # the adversarial term starts at the same fraction of the run as the preset's
+        tc = vq["train"]
+        if tc.get("disc_start") is not None:
+            tc["disc_start"] = int(round(tc["disc_start"] * vqgan_steps / tc["steps"]))
+        tc["steps"] = vqgan_steps
     latent_c, latent_s, _ = VQGANConfig.from_dict(vq["model"]).latent_shape
     if head == "rissole":
         hc = copy.deepcopy(preset["rissole"])
