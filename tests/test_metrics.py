@@ -148,7 +148,9 @@ def test_cli_eval_fid_npy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnis
     npy = tmp_path / "samples.npy"
     np.save(npy, fmnist_test_300[:8, 0])  # (N, H, W): the very images of the reference
     out = tmp_path / "res" / "fid.json"
-    assert main(["eval", "fid", str(npy), "--ref", "fmnist:test", "-n", "8", "--kid", "--pr", "--json", str(out)]) == 0
+    # --subset-seed -1: the first N of each set, so the reference is exactly these 8 images
+    args = ["eval", "fid", str(npy), "--ref", "fmnist:test", "-n", "8", "--subset-seed", "-1"]
+    assert main([*args, "--kid", "--pr", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["n"] == 8 and res["ref"] == "fmnist:test" and res["fid"] < 1e-3
     # unbiased KID of a set against itself is -2 (mean k(x, x) - mean k(x, y)) / m: about -0.07 at m = 8

@@ -32,6 +32,16 @@ def adaptive_gan_weight(
     return (nll_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()
 
 
+def grey_distance(x: torch.Tensor) -> torch.Tensor:
+    """Per-image mean distance of a pixel from grey, in grey levels (0-255), for RGB images in [-1, 1]:
+    the largest of |R-G|, |G-B|, |R-B| at each pixel, averaged. 0 for grey images; how much colour a
+    reconstruction kept is this figure beside the data's."""
+    x = x.float()
+    r, g, b = x[:, 0], x[:, 1], x[:, 2]
+    d = torch.maximum(torch.maximum((r - g).abs(), (g - b).abs()), (r - b).abs())
+    return d.flatten(1).mean(1) * 127.5
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak 2)."""
     mse = ((x.float() - y.float()) ** 2).flatten(1).mean(1)

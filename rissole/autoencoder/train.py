@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rissole.autoencoder.losses import adaptive_gan_weight, build_discriminator, hinge_d_loss, psnr
+from rissole.autoencoder.losses import adaptive_gan_weight, build_discriminator, grey_distance, hinge_d_loss, psnr
 from rissole.autoencoder.vqgan import VQGANConfig, VQModel
 from rissole.checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint
 from rissole.config import require, require_data
-from rissole.data import load_source, to_model_range
+from rissole.data import load_source, source_channels, to_model_range
 from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
 from rissole.ema import EMA
-from rissole.errors import CheckpointError
+from rissole.errors import CheckpointError, ConfigError
 from rissole.training import (
     append_csv,
     batch_indices,
@@ -100,6 +100,7 @@ class VQGANTrainer:
         self.gen = torch.Generator().manual_seed(tc["seed"] + 1)
         self.code_usage = torch.zeros(self.model_config.n_embed, dtype=torch.int64)
         self.step = 0
+        self.inference_choice = "ema" if self.ema else "live"  # set by validate()
 
     # ---------------------------------------------------------------- state
     def _weights(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -124,8 +125,10 @@ class VQGANTrainer:
         save_checkpoint(self.run_dir / "checkpoint", "vqgan", self.step, self._cfg_for_save(), self._weights(), tensors, meta)
 
     def save_final(self) -> Path:
+        """Inference weights: the EMA as well only when it validated at least as well as the live weights
+        (loaders prefer ema.safetensors when present); without validation data the EMA is kept."""
         w = {"model": self.model.state_dict()}
-        if self.ema:
+        if self.ema and self.inference_choice == "ema":
             w["ema"] = self.ema.state_dict()
         return save_checkpoint(self.run_dir / "final", "vqgan", self.step, self._cfg_for_save(), w)
 
@@ -140,7 +143,7 @@ class VQGANTrainer:
             )
         ckpt.load_into(self.model, "model")
         if self.ema:
-            self.ema.load_state_dict(ckpt.weights["ema"])
+            self.ema.load_state_dict(ckpt.weights["ema"], num_updates=ckpt.step)
         if self.disc:
             prefix = "loss.discriminator."
             self.disc.load_state_dict({k[len(prefix):]: v for k, v in ckpt.weights["discriminator"].items()})
@@ -218,19 +221,60 @@ class VQGANTrainer:
 
     @torch.no_grad()
     def validate(self, images: np.ndarray) -> dict[str, float]:
-        """PSNR (dB) and codebook usage on held-out images, with the inference (EMA) weights if any."""
-        model = self.model
+        """PSNR (dB) and codebook usage on held-out images, for the live and (if any) the EMA weights side by side.
+
+        `val_psnr` / `val_code_usage` are those of the weights inference will use: the EMA unless the
+        live weights validate better (early in a run, or with a decay too slow for the run's length).
+        """
+        out = {f"{k}_live": v for k, v in self._validate_model(self.model, images).items()}
+        use = "live"
         if self.ema:
-            model = VQModel(self.model_config).to(self.device)
-            model.load_state_dict(self.ema.state_dict())
+            ema_model = VQModel(self.model_config).to(self.device)
+            ema_model.load_state_dict(self.ema.state_dict())
+            out.update({f"{k}_ema": v for k, v in self._validate_model(ema_model, images).items()})
+            use = "ema" if out["val_psnr_ema"] >= out["val_psnr_live"] else "live"
+        self.inference_choice = use
+        chosen = {k[: -len(use) - 1]: v for k, v in out.items() if k.endswith(f"_{use}")}
+        return {**chosen, **out}
+
+    def _validate_model(self, model: VQModel, images: np.ndarray) -> dict[str, float]:
+        was_training = model.training
         model.eval()
-        psnrs, used = [], torch.zeros(self.model_config.n_embed, dtype=torch.bool)
+        psnrs, colour, used = [], [], torch.zeros(self.model_config.n_embed, dtype=torch.bool)
         for start in range(0, len(images), 256):
             x = to_model_range(images[start : start + 256]).to(self.device)
             xrec, _, idx = model(x)
             psnrs.append(psnr(xrec.clamp(-1, 1), x).cpu())
+            if x.shape[1] == 3:
+                colour.append(grey_distance(xrec.clamp(-1, 1)).cpu())
             used[idx.flatten().cpu()] = True
-        return {"val_psnr": float(torch.cat(psnrs).mean()), "val_code_usage": float(used.float().mean())}
+        model.train(was_training)
+        out = {"val_psnr": float(torch.cat(psnrs).mean()), "val_code_usage": float(used.float().mean())}
+        if colour:  # colour kept vs steps: compare with grey_distance of the data (rissole fit's summary)
+            out["val_colour"] = float(torch.cat(colour).mean())
+        return out
+
+
+def resolve_data_channels(config: dict[str, Any], data_dir: str | os.PathLike | None = None) -> int:
+    """Take the autoencoder's channel count from its training data, in place.
+
+    `in_channels` / `out_ch` left out (or "auto") are set to the data's; a count that disagrees with the
+    data is refused: a grey config on a colour folder would otherwise train a grey model without a word.
+    """
+    spec = config["data"]["source"]
+    channels = source_channels(spec, data_dir=data_dir)
+    dd = config["model"].setdefault("ddconfig", dict(VQGANConfig().ddconfig))
+    for key in ("in_channels", "out_ch"):
+        if dd.get(key) in (None, "auto"):
+            dd[key] = channels
+        elif dd[key] != channels:
+            kind = "colour" if channels == 3 else "grey"
+            raise ConfigError(
+                f"data.source {spec} holds {kind} images ({channels} channel{'s' * (channels > 1)}) but model.ddconfig.{key} "
+                f"is {dd[key]}: set model.ddconfig.in_channels and out_ch to {channels} or to auto (the rgb32 and "
+                f"rgb64-f8 presets take them from the data)."
+            )
+    return channels
 
 
 def train_vqgan(
@@ -242,6 +286,7 @@ def train_vqgan(
     progress: bool = True,
 ) -> VQGANTrainer:
     """Train (or resume) a VQ-GAN run; `stop_after` ends this invocation early (with a checkpoint)."""
+    resolve_data_channels(config, data_dir or config["data"].get("data_dir"))
     trainer = VQGANTrainer(config, run_dir)
     tc, dc = trainer.train_cfg, config["data"]
     run_dir = Path(run_dir)
@@ -275,7 +320,9 @@ def train_vqgan(
         if val_images is not None and (trainer.step % tc["val_every"] == 0 or trainer.step == tc["steps"]):
             val = trainer.validate(val_images)
             append_csv(run_dir / "val.csv", {"step": trainer.step, "seconds": f"{time.time() - t0:.1f}", **val})
-            bar.write(f"step {trainer.step}: val PSNR {val['val_psnr']:.2f} dB, code usage {val['val_code_usage']:.1%}")
+            ema = f", EMA {val['val_psnr_ema']:.2f} dB" if "val_psnr_ema" in val else ""
+            bar.write(f"step {trainer.step}: val PSNR live {val['val_psnr_live']:.2f} dB{ema} "
+                      f"(inference uses {trainer.inference_choice}), code usage {val['val_code_usage']:.1%}")
         if trainer.step % tc["ckpt_every"] == 0 or last:
             trainer.save()
     bar.close()

@@ -56,6 +56,15 @@ class VQGANConfig(ModelConfig):
                             ("z_channels", "resolution", "in_channels", "out_ch", "ch", "num_res_blocks"))
         if cfg.ddconfig.get("double_z", False):
             raise ConfigError("ddconfig.double_z must be false for a VQ-GAN (it is for KL autoencoders).")
+        widths = [cfg.ddconfig.get("ch", 0) * m for m in cfg.ddconfig.get("ch_mult", [])]
+        if any(w % 32 for w in widths):
+            raise ConfigError(f"model.ddconfig: ch x ch_mult gives widths {widths}; each must be a multiple of 32 "
+                              f"(taming's GroupNorm uses 32 groups): use ch 32, 64, ...")
+        cin, cout = cfg.ddconfig.get("in_channels"), cfg.ddconfig.get("out_ch")
+        if cin != cout:
+            # a 1-channel output broadcasts silently against a 3-channel target in the L1 loss
+            raise ConfigError(f"model.ddconfig: in_channels is {cin} but out_ch is {cout}; an autoencoder must "
+                              f"reconstruct the channels it reads: set both to the images' channel count.")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,8 +11,10 @@ from rissole_runtime import argtypes as at
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="encode a data set into VQ-GAN latents (memmapped .npy + manifest JSON)")
     p.add_argument("--ckpt", default=str(SHIPPED_VQGAN), help="VQ-GAN checkpoint directory (default: the shipped one)")
-    p.add_argument("--source", default="fmnist:train", help="images: fmnist:train|test, folder:PATH[:split] (16-bit scaled, "
-                                                           "transparency composited onto white), npy:PATH")
+    p.add_argument("--source", default=None,
+                   help="images: fmnist:train|test, folder:PATH[:split] (16-bit scaled, transparency composited onto "
+                        "white), npy:PATH (default: the data.source the VQ-GAN was trained on, as its config.yaml "
+                        "records)")
     p.add_argument("--out", required=True, help="output .npy; the manifest is written beside it as .json")
     p.add_argument("--force", action="store_true", help="replace a latents file already at --out (nothing else is "
                                                         "ever replaced)")
@@ -21,6 +23,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=_encode)
+
+
+def trained_source(ckpt: str) -> str:
+    """The data.source a checkpoint's config records (a model carries its data spec)."""
+    from rissole.checkpoint import load_checkpoint
+    from rissole.errors import DataError
+
+    source = (load_checkpoint(ckpt).config.get("data") or {}).get("source")
+    if not source:
+        raise DataError(f"{ckpt}/config.yaml records no data.source; pass --source (e.g. folder:PATH:train).")
+    return str(source)
 
 
 def _encode(args: argparse.Namespace) -> int:
@@ -37,6 +50,8 @@ def _encode(args: argparse.Namespace) -> int:
     check_replace(args.out, LATENTS, args.force)  # before the encoder runs; checked again under the output lock
     dev = pick_device(args.device)
     model = load_vqgan(args.ckpt, dev)
+    if args.source is None:
+        args.source = trained_source(args.ckpt)
     dd = model.config.ddconfig
     data = load_source(args.source, data_dir=args.data_dir, size=dd["resolution"], channels=dd["in_channels"], limit=args.limit)
     t0 = time.perf_counter()

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "rissole.cli.rissole_cmd",
     "rissole.cli.checkpoint_cmd",
     "rissole.cli.demo_cmd",
+    "rissole.cli.fit_cmd",
 )
 
 

@@ -7,7 +7,7 @@ the [-1, 1] floats the networks see.
 from rissole.data.idx import read_idx
 from rissole.data.fashion_mnist import FASHION_MNIST_DIR, load_fashion_mnist
 from rissole.data.folder import ImageFolder
-from rissole.data.source import ImageSet, load_source, parse_source
+from rissole.data.source import ImageSet, load_source, parse_source, source_channels
 from rissole.data.transforms import from_model_range, to_model_range
 
 __all__ = [

@@ -85,3 +85,22 @@ def load_source(
         images = images[:limit]
         labels = labels[:limit] if labels is not None else None
     return ImageSet(np.ascontiguousarray(images), labels, spec)
+
+
+def source_channels(spec: str, data_dir: str | os.PathLike | None = None, probe: int = 256) -> int:
+    """The channel count of the images a spec names: 1 (grey) or 3 (colour), read from the data.
+
+    Fashion-MNIST is grey; an .npy says so in its shape; a folder is colour when any of up to `probe`
+    files spread over it has a pixel whose R, G and B differ (a grey PNG saved as RGB stays grey).
+    """
+    kind, path, split = parse_source(spec)
+    if kind == "fmnist":
+        return 1
+    if kind == "npy":
+        return int(load_source(spec, data_dir=data_dir, limit=1).images.shape[1])
+    folder = ImageFolder(path, channels=3, split=split)
+    for i in np.unique(np.linspace(0, len(folder) - 1, min(probe, len(folder))).round().astype(int)):
+        rgb = folder[int(i)].astype(np.int16)
+        if (rgb[0] != rgb[1]).any() or (rgb[1] != rgb[2]).any():
+            return 3
+    return 1

@@ -141,7 +141,7 @@ class HeadTrainer:
         self.on_resume(ckpt)
         ckpt.load_into(self.model, "model")
         if self.ema:
-            self.ema.load_state_dict(ckpt.weights["ema"])
+            self.ema.load_state_dict(ckpt.weights["ema"], num_updates=ckpt.step)
         restore_optimizer(self.opt, "opt", ckpt.trainer_tensors, ckpt.trainer_meta["opt"])
         restore_rng(ckpt.trainer_tensors, self.gen)
         if "scaler" in ckpt.trainer_meta:  # checkpoints written before mixed precision have none

@@ -34,8 +34,10 @@ def evaluate(
     kid_subset_size: int = 1000,
     pr_k: int = 3,
     progress: bool = True,
+    ref_seed: int | None = None,
 ) -> dict[str, Any]:
-    """FID (and optionally KID, precision/recall) of the first n uint8 `samples` against the first n images of `ref`."""
+    """FID (and optionally KID, precision/recall) of the first n uint8 `samples` against n images of `ref`:
+    its first n when `ref_seed` is None (the protocol of the benchmark tables), else a seeded random subset."""
     from rissole.metrics.inception import inception_features, inception_hash
     from rissole.metrics.kid import kid
     from rissole.metrics.precision_recall import precision_recall
@@ -46,7 +48,8 @@ def evaluate(
     if len(samples) < n:
         raise DataError(f"samples: {n} images asked (-n), only {len(samples)} found.")
     stats = reference_stats(
-        ref, n, data_dir=data_dir, size=ref_size, batch_size=batch_size, device=device, inception=inception, progress=progress
+        ref, n, data_dir=data_dir, size=ref_size, batch_size=batch_size, device=device, inception=inception, progress=progress,
+        seed=ref_seed,
     )
     feats = inception_features(
         samples[:n], batch_size=batch_size, device=device, path=inception, progress=progress, desc="inception samples"
@@ -54,6 +57,7 @@ def evaluate(
     out: dict[str, Any] = {
         "n": n,
         "ref": ref,
+        "ref_subset": "first" if ref_seed is None else f"random, seed {ref_seed}",
         "fid": fid_from_features(feats, stats.features),
         "inception_sha256": inception_hash(inception),
         "ref_cache": str(stats.path),

@@ -36,7 +36,7 @@ def cache_dir() -> Path:
 
 @dataclass
 class ReferenceStats:
-    """Inception statistics of the first `n` images of `spec`; `from_cache` says whether they were read from `path`."""
+    """Inception statistics of `n` images of `spec`; `from_cache` says whether they were read from `path`."""
 
     spec: str
     n: int
@@ -48,15 +48,32 @@ class ReferenceStats:
     from_cache: bool
 
 
+def subset_indices(total: int, n: int, seed: int | None, what: str = "images") -> np.ndarray:
+    """Which n of `total` items an evaluation uses: the first n (seed None) or a seeded random n, sorted."""
+    if n > total:
+        raise DataError(f"{what}: {n} images asked (-n), only {total} found.")
+    if seed is None:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+
+
 def load_reference_images(
-    spec: str, n: int, data_dir: str | os.PathLike | None = None, size: int = 32
+    spec: str, n: int, data_dir: str | os.PathLike | None = None, size: int = 32, seed: int | None = None
 ) -> ImageSet:
-    """The first n images of a spec; folders are read as RGB (grey files give R = G = B, the same features)."""
+    """n images of a spec: the first n when `seed` is None, else a seeded random n-subset (in file order).
+
+    The first n of a folder sorted by class are one or two classes; a random subset is what a user
+    comparing with the whole set means. Folders are read as RGB (grey files give R = G = B, the same
+    features).
+    """
     kind, _, _ = parse_source(spec)
-    data = load_source(spec, data_dir=data_dir, size=size, channels=3 if kind == "folder" else 1, limit=n)
-    if len(data.images) < n:
-        raise DataError(f"reference {spec}: {n} images asked (-n), only {len(data.images)} found.")
-    return data
+    channels = 3 if kind == "folder" else 1
+    data = load_source(spec, data_dir=data_dir, size=size, channels=channels, limit=n if seed is None else None)
+    pick = subset_indices(len(data.images), n, seed, what=f"reference {spec}")
+    if seed is None:
+        return data
+    labels = None if data.labels is None else data.labels[pick]
+    return ImageSet(np.ascontiguousarray(data.images[pick]), labels, f"{data.spec}[random {n}, seed {seed}]")
 
 
 def cache_key(data: ImageSet, inception_sha256: str) -> str:
@@ -94,9 +111,11 @@ def reference_stats(
     inception: str | os.PathLike | None = None,
     cache: str | os.PathLike | None = None,
     progress: bool = True,
+    seed: int | None = None,
 ) -> ReferenceStats:
-    """Statistics of the first n images of `spec`, from the cache when a valid entry exists."""
-    data = load_reference_images(spec, n, data_dir=data_dir, size=size)
+    """Statistics of n images of `spec` (the first n, or a seeded random subset: `load_reference_images`),
+    from the cache when a valid entry exists (the key hashes the very pixels used)."""
+    data = load_reference_images(spec, n, data_dir=data_dir, size=size, seed=seed)
     key = cache_key(data, inception_hash(inception))
     path = Path(cache) if cache is not None else cache_dir()
     path = path / f"{key}.npz"

@@ -9,11 +9,36 @@ from rissole.retrieval.searchers.base import Searcher
 from rissole.retrieval.searchers.exact import ExactSearcher
 
 
-def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
-    """Mean fraction of each query's true k nearest rows that the approximate top-k contains."""
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int,
+                approx_true_scores: np.ndarray | None = None, exact_scores: np.ndarray | None = None,
+                tol: float = 1e-5) -> float:
+    """Mean fraction of each query's true k nearest rows that the approximate top-k contains.
+
+    With scores given, ties count: a returned row whose true score is within `tol` of the k-th exact
+    score is as near as the row exact search happened to list (data with duplicate images has many
+    rows at the same score, and a brute-force index would otherwise score below 1). `approx_true_scores`
+    are the exact dot products of the approximate ids, not the index's own (quantised) scores.
+    """
     a, e = np.asarray(approx_ids)[:, :k], np.asarray(exact_ids)[:, :k]
-    hits = sum(len(np.intersect1d(ra[ra >= 0], re)) for ra, re in zip(a, e))
+    if (approx_true_scores is None) != (exact_scores is None):
+        raise ValueError("recall_at_k: give both approx_true_scores and exact_scores, or neither")
+    hits = 0
+    for i, (ra, re) in enumerate(zip(a, e)):
+        valid = ra >= 0
+        found = np.isin(ra, re) & valid
+        if exact_scores is not None:
+            kth = np.asarray(exact_scores)[i, :k].min()
+            found |= valid & (np.asarray(approx_true_scores)[i, :k] >= kth - tol)
+        hits += min(int(found.sum()), len(re))
     return hits / float(e.size)
+
+
+def true_scores(keys: KeySet, queries: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Exact dot products of each query with the rows `ids` (n, k) returned for it (-inf for padding -1)."""
+    ids = np.asarray(ids)
+    rows = keys.gather(np.where(ids >= 0, ids, 0).ravel()).reshape(*ids.shape, -1)
+    out = np.einsum("nkd,nd->nk", rows.astype(np.float64), np.asarray(queries, dtype=np.float64))
+    return np.where(ids >= 0, out, -np.inf)
 
 
 def sample_queries(keys: KeySet, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -23,8 +48,9 @@ def sample_queries(keys: KeySet, n: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def spot_check(searcher: Searcher, n: int = 200, k: int = 10, seed: int = 0) -> float:
-    """recall@k of `searcher` on n random database rows used as queries."""
+    """Tie-aware recall@k (`recall_at_k`) of `searcher` on n random database rows used as queries."""
     assert searcher.keys is not None
     _, q = sample_queries(searcher.keys, n, seed)
-    exact = ExactSearcher().build(searcher.keys)
-    return recall_at_k(searcher.search(q, k)[0], exact.search(q, k)[0], k)
+    exact_ids, exact_scores = ExactSearcher().build(searcher.keys).search(q, k)
+    ids = searcher.search(q, k)[0]
+    return recall_at_k(ids, exact_ids, k, true_scores(searcher.keys, q, ids), exact_scores)
