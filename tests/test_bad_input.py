@@ -151,8 +151,10 @@ def test_checkpoint_slim_and_export_refuse_unrelated_outputs(real, tmp_path, cap
     x = unrelated_dir(tmp_path / "x")
     refused(rissole, ["checkpoint", "slim", SHIPPED_VQGAN, "--out", x, "--force"], tmp_path,
             [str(x), "expected nothing there or a checkpoint"], capsys)
-    refused(rissole, ["checkpoint", "slim", SHIPPED_VQGAN, "--out", SHIPPED_RISSOLE.parent / "vqgan-fmnist-f4"],
-            tmp_path, ["a checkpoint is already there", "--force"], capsys)
+    existing = tmp_path / "ck"
+    shutil.copytree(SHIPPED_VQGAN, existing)
+    refused(rissole, ["checkpoint", "slim", SHIPPED_VQGAN, "--out", existing], tmp_path,
+            [str(existing), "a checkpoint is already there", "--force"], capsys)
     refused(rissole_export, [SHIPPED_RISSOLE, "--out", x, "--force"], tmp_path,
             [str(x), "expected nothing there or a edge bundle"], capsys)
     db = copy_db(real, tmp_path / "db")
