@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 import rissole
-from rissole.diffusion.schedule import DDIMSampler
+from rissole.diffusion.solvers import make_sampler
 from rissole.errors import DataError
 from rissole.fileio import atomic_dir, atomic_path, sha256_file, write_json_atomic
 from rissole.retrieval.database import BLOCKS_FILE, MANIFEST_FILE, BlockDatabase, open_database
@@ -49,7 +49,8 @@ class ExportOptions:
     fp16: bool = False
     opset: int = MIN_OPSET
     max_samples: int = 16  # samples per network call; the batch axis goes up to max_samples * b * 2 (guidance)
-    steps: int = 50  # diffusion kinds: default DDIM steps
+    sampler: str = "ddim"  # diffusion kinds: default sampler (rissole.diffusion.solvers.SAMPLERS) ...
+    steps: int = 50  # ... and its network calls
     guidance: float = 1.0
     top_m: float = 1.0
     top_k: int = 0  # rarm: default top-k (0 = all codes)
@@ -217,7 +218,9 @@ def write_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, db: str | os.P
         for f in sorted((tmp / DB_DIR / "neighbours").glob("*")):
             files[f"{DB_DIR}/neighbours/{f.name}"] = _file_entry(f, "neighbour table")
         if src.diffusion:
-            sampler = {"kind": "ddim", **DDIMSampler(src.schedule, opts.steps).to_dict()}
+            smp = make_sampler(opts.sampler, src.schedule, opts.steps)
+            sampler = {"kind": opts.sampler, "num_steps": len(smp), **getattr(smp, "to_dict", dict)(),
+                       "timesteps": smp.timesteps.tolist()}
         else:
             sampler = {"kind": "tokens", "num_steps": int(src.model["seq_len"]), "top_k": opts.top_k,
                        "temperature": opts.temperature}

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rissole.diffusion.solvers import SAMPLERS
 from rissole.errors import run_command
 
 
@@ -26,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--max-samples", type=int, default=16,
                    help="samples per network call; the batch axis spans b .. max_samples * b * 2 (guidance)")
-    p.add_argument("--steps", type=int, default=50, help="default DDIM steps recorded in the manifest (RISSOLE, RDM)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="default sampler recorded in the manifest (RISSOLE, RDM): ddim, ddpm (all T steps), dpmpp2m "
+                        "(DPM-Solver++ 2M) or unipc (UniPC bh2); rissole-run --sampler overrides it")
+    p.add_argument("--steps", type=int, default=50, help="default network calls of that sampler recorded in the "
+                                                         "manifest (RISSOLE, RDM; ignored by ddpm)")
     p.add_argument("--top-k", type=int, default=0, help="default top-k recorded in the manifest (RARM; 0 = all codes)")
     p.add_argument("--temperature", type=float, default=1.0, help="default temperature recorded in the manifest (RARM)")
     p.add_argument("--guidance", type=float, default=1.0, help="default guidance scale recorded in the manifest")
@@ -46,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from rissole_export.bundle_writer import ExportOptions, bundle_size, write_bundle
 
-    opts = ExportOptions(fp16=args.fp16, opset=args.opset, max_samples=args.max_samples, steps=args.steps,
+    opts = ExportOptions(fp16=args.fp16, opset=args.opset, max_samples=args.max_samples, sampler=args.sampler,
+                         steps=args.steps,
                          guidance=args.guidance, top_m=args.top_m, top_k=args.top_k,
                          temperature=args.temperature, link=not args.copy_db, overwrite=args.force,
                          progress=not args.quiet)

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from rissole.diffusion.solvers import SAMPLERS
 from rissole.errors import ConfigError, run_command
 
 
@@ -15,7 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Sample images from a bundle written by rissole-export, without PyTorch.")
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("-n", type=int, default=16, help="number of images")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the manifest's; diffusion bundles)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="diffusion bundles: ddim, ddpm (all T steps), dpmpp2m (DPM-Solver++ 2M) or unipc (UniPC bh2) "
+                        "(default: the manifest's)")
+    p.add_argument("--steps", type=int, default=None, help="network calls of the sampler (default: the manifest's; "
+                                                           "diffusion bundles; ignored by ddpm)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic; diffusion bundles)")
     p.add_argument("--top-k", type=int, default=None, help="RARM: keep the top-k codes at each position (0 = all; "
                                                            "default: the manifest's)")
@@ -56,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     top_m = bundle.manifest["top_m"] if args.top_m is None else args.top_m
     chunks = -(-args.n // bundle.max_samples)
     if bundle.kind == "rarm":
-        if args.steps is not None or args.eta:
+        if args.steps is not None or args.eta or args.sampler is not None:
             raise ConfigError(f"{bundle.path}: an RARM bundle draws its {recorded['num_steps']} code positions one by "
-                             "one; --steps and --eta are for diffusion bundles. Use --top-k / --temperature.")
+                             "one; --sampler, --steps and --eta are for diffusion bundles. Use --top-k / --temperature.")
         top_k = recorded["top_k"] if args.top_k is None else args.top_k
         temperature = recorded["temperature"] if args.temperature is None else args.temperature
         steps = int(recorded["num_steps"])
@@ -69,12 +74,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.top_k is not None or args.temperature is not None:
             raise ConfigError(f"{bundle.path}: a {bundle.kind} bundle is sampled with DDIM; --top-k and --temperature "
-                             "are for RARM bundles. Use --steps / --eta.")
+                             "are for RARM bundles. Use --sampler / --steps / --eta.")
+        kind = args.sampler or recorded.get("kind", "ddim")
         steps = args.steps or int(recorded["num_steps"])
-        what = f"DDIM-{steps}"
-        with tqdm(total=steps * chunks, desc="denoise", unit="step", disable=args.quiet) as bar:
+        try:
+            calls = len(edge.sampler(steps, args.eta, kind))
+        except ValueError as e:
+            raise ConfigError(f"--sampler {kind} --steps {steps} --eta {args.eta}: {e}") from None
+        what = f"{kind}-{calls}"
+        with tqdm(total=calls * chunks, desc="denoise", unit="step", disable=args.quiet) as bar:
             images, _ = edge.generate(args.n, steps, args.seed, top_m, guidance, args.eta,
-                                      progress=lambda i: bar.update(1))
+                                      progress=lambda i: bar.update(1), sampler=kind)
     save_grid(images, args.out)
     if args.npy:
         with atomic_path(Path(args.npy), suffix=".npy") as tmp, open(tmp, "wb") as f:
