@@ -314,8 +314,10 @@ def main() -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="rissole-edge-"))
     b32, b16, b10 = work / "bundle-fp32", work / "bundle-fp16", work / "bundle-fp32-10x"
     if args.rss_cold_warm:
-        if not (b32 / "manifest.json").is_file():
-            write_bundle(args.ckpt, b32, opts=ExportOptions(overwrite=True, progress=False))
+        if not (b32 / "manifest.json").is_file() or (b32 / "db" / "blocks.npy").stat().st_nlink > 1:
+            # a private copy of blocks.npy: a hard link shares its pages with whoever maps the source, and
+            # pages mapped by another process cannot be evicted for the cold figure
+            write_bundle(args.ckpt, b32, opts=ExportOptions(overwrite=True, progress=False, link=False))
         if not (b10 / "manifest.json").is_file():
             big = work / "db10x" if (work / "db10x" / "manifest.json").is_file() else tenfold_database(db_path, work / "db10x")
             write_bundle(args.ckpt, b10, db=big, opts=ExportOptions(overwrite=True, progress=False))

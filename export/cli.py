@@ -24,6 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(default: the one in the checkpoint's config)")
     p.add_argument("--vqgan", default=None, help="VQ-GAN checkpoint (default: the one in the checkpoint's config)")
     p.add_argument("--fp16", action="store_true", help="store the ONNX models in fp16, normalisation layers kept fp32")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 denoiser (RISSOLE, RDM): onnxruntime static quantization calibrated on real rows of "
+                        "the database at the default sampler's timesteps; the manifest records the pixel difference "
+                        "of fp32 vs int8 samples")
+    p.add_argument("--int8-calibration-rows", type=int, default=256,
+                   help="database rows the int8 calibration reads (a smaller database is refused)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--max-samples", type=int, default=16,
                    help="samples per network call; the batch axis spans b .. max_samples * b * 2 (guidance)")
@@ -51,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from rissole_export.bundle_writer import ExportOptions, bundle_size, write_bundle
 
-    opts = ExportOptions(fp16=args.fp16, opset=args.opset, max_samples=args.max_samples, sampler=args.sampler,
+    opts = ExportOptions(fp16=args.fp16, int8=args.int8, int8_calibration_rows=args.int8_calibration_rows,
+                         opset=args.opset, max_samples=args.max_samples, sampler=args.sampler,
                          steps=args.steps,
                          guidance=args.guidance, top_m=args.top_m, top_k=args.top_k,
                          temperature=args.temperature, link=not args.copy_db, overwrite=args.force,
