@@ -157,28 +157,43 @@ def fid(queue: Path, n: int, seed: int) -> None:
               f"(sampling {res['sampling_s']:.0f} s, inception {res['inception_s']:.0f} s)", flush=True)
 
 
-def latency(bundle: str, sampler: str, steps: int, repeats: int) -> dict[str, Any]:
-    """Whole-sample wall time of `rissole-run` (1 and 16 images, one thread), DDIM-50 and the solver
-    interleaved in one run, so both see the same machine load; median over `repeats`."""
+def latency(bundle: str, sampler: str, steps: int, repeats: int, int8: str | None) -> dict[str, Any]:
+    """Whole-sample time of `rissole-run` (1 and 16 images, one thread): DDIM-50 and the solver (and the
+    int8 bundle's solver) interleaved in one run, so all see the same machine load; median over `repeats`.
+    Timed: the sampling networks + decode as rissole-run reports them, and the process's wall time."""
+    import re
     import statistics
 
     from benchmarks._machine import machine_info
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     runs: dict[str, list[float]] = {}
+    wall: dict[str, list[float]] = {}
+    cases = [("fp32", bundle, "ddim", 50), ("fp32", bundle, sampler, steps)]
+    if int8:
+        cases += [("int8", int8, "ddim", 50), ("int8", int8, sampler, steps)]
+    load0 = os.getloadavg()
     for _ in range(repeats):
         for n in (1, 16):
-            for name, calls in (("ddim", 50), (sampler, steps)):
-                argv = [sys.executable, "-m", "rissole_runtime.cli", bundle, "-n", str(n), "--sampler", name,
+            for prec, path, name, calls in cases:
+                argv = [sys.executable, "-m", "rissole_runtime.cli", path, "-n", str(n), "--sampler", name,
                         "--steps", str(calls), "--threads", "1", "--quiet", "--out", str(RUNS / "latency.png")]
                 t0 = time.perf_counter()
-                subprocess.run(argv, check=True, env=env, capture_output=True)
-                runs.setdefault(f"{name}{calls}_n{n}", []).append(time.perf_counter() - t0)
+                out = subprocess.run(argv, check=True, env=env, capture_output=True, text=True).stdout
+                key = f"{prec}_{name}{calls}_n{n}"
+                wall.setdefault(key, []).append(time.perf_counter() - t0)
+                m = re.search(r"sampling networks ([0-9.]+) s .*decode ([0-9.]+) s", out)
+                runs.setdefault(key, []).append(float(m.group(1)) + float(m.group(2)))
     med = {k: statistics.median(v) for k, v in runs.items()}
-    ratios = {f"n{n}": med[f"ddim50_n{n}"] / med[f"{sampler}{steps}_n{n}"] for n in (1, 16)}
-    res = {"benchmark": "solver_latency", "machine": machine_info(), "bundle": bundle, "repeats": repeats,
-           "what": "wall time of one rissole-run process (open bundle, sample, decode, write), one thread",
-           "seconds": runs, "median_s": med, "ddim50_over_solver": ratios, "loadavg_end": os.getloadavg()}
+    ratios = {f"n{n}": med[f"fp32_ddim50_n{n}"] / med[f"fp32_{sampler}{steps}_n{n}"] for n in (1, 16)}
+    if int8:
+        ratios.update({f"int8_vs_fp32_{sampler}{steps}_n{n}": med[f"fp32_{sampler}{steps}_n{n}"]
+                       / med[f"int8_{sampler}{steps}_n{n}"] for n in (1, 16)})
+    res = {"benchmark": "solver_latency", "machine": machine_info(), "bundle": bundle, "int8_bundle": int8,
+           "repeats": repeats, "what": "sampling networks + decode seconds of one rissole-run process, as it "
+                                       "reports them (median), one thread; wall_s: the whole process",
+           "seconds": runs, "median_s": med, "wall_s": wall, "ddim50_over_solver": ratios,
+           "loadavg_start": load0, "loadavg_end": os.getloadavg()}
     print(json.dumps({"median_s": med, "ratios": ratios}, indent=1))
     return res
 
@@ -212,6 +227,20 @@ def report() -> None:
     if panels:
         save_panels(panels, RESULTS / "solvers.png")
     res["table"] = rows
+    err_path = RESULTS / "solver_error.json"
+    if err_path.is_file():  # the ODE-error sweep as a table: rows sampler / spacing, columns calls
+        err = json.loads(err_path.read_text())
+        for model, entry in err["models"].items():
+            calls = sorted({p["calls"] for p in entry["points"]})
+            rows += ["", f"RMS latent error vs DDIM-1000, {model}, {err['n']} samples (reference RMS "
+                         f"{entry['rms_reference']:.3f}; DPM-Solver++-500 vs it {entry['dpmpp2m500_vs_reference']:.4f}):",
+                     "", "| sampler | spacing | " + " | ".join(f"{c} calls" for c in calls) + " |",
+                     "|---|---|" + "---:|" * len(calls)]
+            cells: dict[tuple[str, str], dict[int, float]] = {}
+            for p in entry["points"]:
+                cells.setdefault((p["sampler"], p["spacing"]), {})[p["calls"]] = p["rms_error"]
+            for (name, spacing), by in cells.items():
+                rows.append(f"| {name} | {spacing} | " + " | ".join(f"{by[c]:.4f}" if c in by else "-" for c in calls) + " |")
     write_json_atomic(RESULTS / "solvers.json", res)
     write_text_atomic(RESULTS / "solvers.md", "\n".join(rows) + "\n")
     print("\n".join(rows))
@@ -232,6 +261,7 @@ def main() -> None:
     lt.add_argument("--sampler", default="dpmpp2m")
     lt.add_argument("--steps", type=int, default=15)
     lt.add_argument("--repeats", type=int, default=5)
+    lt.add_argument("--int8", default=None, help="also the int8 bundle (rissole-export --int8)")
     lt.add_argument("--out", default=str(RESULTS / "solver_latency.json"))
     sub.add_parser("report", help="gather the FID points into results JSON, plot, table")
     args = ap.parse_args()
@@ -241,7 +271,7 @@ def main() -> None:
         fid(Path(args.queue), args.n, args.seed)
     elif args.cmd == "latency":
         RUNS.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(args.out), latency(args.bundle, args.sampler, args.steps, args.repeats))
+        write_json_atomic(Path(args.out), latency(args.bundle, args.sampler, args.steps, args.repeats, args.int8))
     else:
         report()
 

@@ -26,7 +26,10 @@ Array = TypeVar("Array")
 
 SPACINGS = ("linspace", "leading", "trailing")
 SAMPLERS = ("ddim", "ddpm", "dpmpp2m", "unipc")
-DEFAULT_SPACING = "trailing"  # measured: benchmarks/solvers.py (spacing sweep), lowest error at 5-25 calls
+# measured (python -m benchmarks.solvers error, benchmarks/results/solver_error.json): on the shipped RISSOLE,
+# trailing has the lowest error against a 1000-step reference for both solvers at every count from 5 to 25
+# calls (DPM-Solver++ at 15 calls: trailing 0.030, leading 0.067, linspace 0.072; DDIM-50: 0.018)
+DEFAULT_SPACING = "trailing"
 
 
 def spaced_timesteps(schedule: NoiseSchedule, num_steps: int, spacing: str = DEFAULT_SPACING) -> np.ndarray:
