@@ -89,6 +89,9 @@ def _sample(args: argparse.Namespace) -> int:
     from rissole.heads.block_pipeline import RissolePipeline
     from rissole.paths import SHIPPED_RISSOLE, ensure_database_for
 
+    if args.eta and args.sampler in ("dpmpp2m", "unipc"):
+        raise ConfigError(f"--eta {args.eta}: {args.sampler} solves the probability-flow ODE and has no eta; "
+                          "eta is for --sampler ddim.")
     if args.ckpt is None:
         args.ckpt = str(SHIPPED_RISSOLE)
     if args.db is None:
