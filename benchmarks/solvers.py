@@ -2,7 +2,7 @@
 
     python -m benchmarks.solvers error                      # latent error vs a 1000-step reference, every
                                                             # solver x spacing x calls (cheap: picks the spacing)
-    OMP_NUM_THREADS=1 python -m benchmarks.solvers fid --queue runs/solvers/queue.txt
+    OMP_NUM_THREADS=1 python -m benchmarks.solvers fid --queue benchmarks/solvers_queue.txt
                                                             # FID at N = 2,000, one point at a time, in the
                                                             # order of the queue file (re-read after every point)
     python -m benchmarks.solvers latency --bundle B --sampler dpmpp2m --steps 15   # rissole-run, DDIM-50 vs it
@@ -207,7 +207,7 @@ def report() -> None:
     for p in points:
         p.pop("machine", None)
     res: dict[str, Any] = {"benchmark": "solvers_fid", "machine": machine_info(), "points": points,
-                           "command": "OMP_NUM_THREADS=1 python -m benchmarks.solvers fid --queue runs/solvers/queue.txt"}
+                           "command": "OMP_NUM_THREADS=1 python -m benchmarks.solvers fid --queue benchmarks/solvers_queue.txt"}
     rows = ["| model | sampler | spacing | calls | FID (N = 2,000) | / DDIM-50 | KID x1e3 |", "|---|---|---|---:|---:|---:|---:|"]
     panels = []
     for model in MODELS:
@@ -224,8 +224,6 @@ def report() -> None:
             panels.append(Panel(f"{model}: -FID (N = 2,000) vs network calls", "network calls", "-FID",
                                 {k: sorted(v) for k, v in series.items()}, xlog=True,
                                 hline=-base * 1.05 if base else None))
-    if panels:
-        save_panels(panels, RESULTS / "solvers.png")
     res["table"] = rows
     err_path = RESULTS / "solver_error.json"
     if err_path.is_file():  # the ODE-error sweep as a table: rows sampler / spacing, columns calls
@@ -241,6 +239,13 @@ def report() -> None:
                 cells.setdefault((p["sampler"], p["spacing"]), {})[p["calls"]] = p["rms_error"]
             for (name, spacing), by in cells.items():
                 rows.append(f"| {name} | {spacing} | " + " | ".join(f"{by[c]:.4f}" if c in by else "-" for c in calls) + " |")
+            panels.append(Panel(f"{model}: RMS latent error vs DDIM-1000 ({err['n']} samples)", "network calls",
+                                "-RMS error", {f"{n} {s}": sorted((c, -e) for c, e in by.items())
+                                               for (n, s), by in cells.items()}, xlog=True,
+                                hline=-next(p["rms_error"] for p in entry["points"]
+                                            if p["sampler"] == "ddim" and p["calls"] == 50)))
+    if panels:
+        save_panels(panels, RESULTS / "solvers.png")
     write_json_atomic(RESULTS / "solvers.json", res)
     write_text_atomic(RESULTS / "solvers.md", "\n".join(rows) + "\n")
     print("\n".join(rows))
@@ -253,7 +258,8 @@ def main() -> None:
     e.add_argument("-n", type=int, default=64, help="samples")
     e.add_argument("--out", default=str(RESULTS / "solver_error.json"))
     f = sub.add_parser("fid", help="FID points from a queue file, one at a time")
-    f.add_argument("--queue", default=str(RUNS / "queue.txt"))
+    f.add_argument("--queue", default=str(ROOT / "benchmarks" / "solvers_queue.txt"),
+                   help="queue file, most decisive points first; re-read after every point, done points skipped")
     f.add_argument("-n", type=int, default=2000)
     f.add_argument("--seed", type=int, default=0)
     lt = sub.add_parser("latency", help="rissole-run DDIM-50 vs a solver, 1 and 16 images, one thread")
