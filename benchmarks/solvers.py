@@ -68,7 +68,7 @@ def latents(pipe: Any, model: str, sampler: Any, rows: Any, seed: int = 0) -> An
     return lat.numpy() * float(pipe.config["scale_factor"])
 
 
-def error(n: int, out: Path) -> dict[str, Any]:
+def error(n: int, out: Path, models: list[str]) -> dict[str, Any]:
     """RMS distance (scaled latent) of each solver's sample to DDIM-1000's from the same x_T: the ODE's
     discretisation error, which decides the spacing without an FID per spacing."""
     import numpy as np
@@ -78,14 +78,16 @@ def error(n: int, out: Path) -> dict[str, Any]:
     from rissole.diffusion.solvers import SPACINGS, make_sampler
 
     torch.set_num_threads(1)
-    result: dict[str, Any] = {"benchmark": "solver_error", "machine": machine_info(), "n": n, "models": {}}
-    for model in MODELS:
+    result: dict[str, Any] = {"benchmark": "solver_error", "models": {}}
+    if out.is_file():  # other models' entries are kept
+        result = json.loads(out.read_text())
+    for model in models:
         pipe = load(model)
         sched = schedule_of(pipe)
         rows = pipe.pseudo_queries(n, 1.0, 0)
         ref = latents(pipe, model, make_sampler("ddim", sched, 1000), rows)
         check = latents(pipe, model, make_sampler("dpmpp2m", sched, 500, spacing="linspace"), rows)
-        entry: dict[str, Any] = {"reference": "ddim-1000", "rms_reference": float(np.sqrt((ref**2).mean())),
+        entry: dict[str, Any] = {"reference": "ddim-1000", "n": n, "machine": machine_info(), "rms_reference": float(np.sqrt((ref**2).mean())),
                                  "dpmpp2m500_vs_reference": float(np.sqrt(((check - ref) ** 2).mean())), "points": []}
         for name in ("ddim", "dpmpp2m", "unipc"):
             for spacing in (("linspace",) if name == "ddim" else SPACINGS):
@@ -230,7 +232,7 @@ def report() -> None:
         err = json.loads(err_path.read_text())
         for model, entry in err["models"].items():
             calls = sorted({p["calls"] for p in entry["points"]})
-            rows += ["", f"RMS latent error vs DDIM-1000, {model}, {err['n']} samples (reference RMS "
+            rows += ["", f"RMS latent error vs DDIM-1000, {model}, {entry.get('n', err.get('n'))} samples (reference RMS "
                          f"{entry['rms_reference']:.3f}; DPM-Solver++-500 vs it {entry['dpmpp2m500_vs_reference']:.4f}):",
                      "", "| sampler | spacing | " + " | ".join(f"{c} calls" for c in calls) + " |",
                      "|---|---|" + "---:|" * len(calls)]
@@ -239,7 +241,7 @@ def report() -> None:
                 cells.setdefault((p["sampler"], p["spacing"]), {})[p["calls"]] = p["rms_error"]
             for (name, spacing), by in cells.items():
                 rows.append(f"| {name} | {spacing} | " + " | ".join(f"{by[c]:.4f}" if c in by else "-" for c in calls) + " |")
-            panels.append(Panel(f"{model}: RMS latent error vs DDIM-1000 ({err['n']} samples)", "network calls",
+            panels.append(Panel(f"{model}: RMS latent error vs DDIM-1000 ({entry.get('n', err.get('n'))} samples)", "network calls",
                                 "-RMS error", {f"{n} {s}": sorted((c, -e) for c, e in by.items())
                                                for (n, s), by in cells.items()}, xlog=True,
                                 hline=-next(p["rms_error"] for p in entry["points"]
@@ -257,6 +259,7 @@ def main() -> None:
     e = sub.add_parser("error", help="latent error vs DDIM-1000 for every solver, spacing and call count")
     e.add_argument("-n", type=int, default=64, help="samples")
     e.add_argument("--out", default=str(RESULTS / "solver_error.json"))
+    e.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     f = sub.add_parser("fid", help="FID points from a queue file, one at a time")
     f.add_argument("--queue", default=str(ROOT / "benchmarks" / "solvers_queue.txt"),
                    help="queue file, most decisive points first; re-read after every point, done points skipped")
@@ -272,7 +275,7 @@ def main() -> None:
     sub.add_parser("report", help="gather the FID points into results JSON, plot, table")
     args = ap.parse_args()
     if args.cmd == "error":
-        error(args.n, Path(args.out))
+        error(args.n, Path(args.out), args.models)
     elif args.cmd == "fid":
         fid(Path(args.queue), args.n, args.seed)
     elif args.cmd == "latency":
