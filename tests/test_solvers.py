@@ -111,3 +111,10 @@ def test_make_sampler_refuses_what_does_not_apply() -> None:
         make_sampler("euler", s, 10)
     assert not make_sampler("dpmpp2m", s, 10).stochastic(0)
     assert make_sampler("ddim", s, 10, eta=1.0).stochastic(0) and not make_sampler("ddim", s, 10).stochastic(0)
+
+
+def test_sample_cli_refuses_eta_with_an_ode_solver(capsys: pytest.CaptureFixture[str]) -> None:
+    from rissole.cli.main import main
+
+    assert main(["sample", "--sampler", "unipc", "--eta", "0.5", "-n", "1"]) != 0
+    assert "unipc solves the probability-flow ODE and has no eta" in capsys.readouterr().err
