@@ -155,9 +155,17 @@ sys.exit(code)
 """
 
 
-def peak_rss_mb(bundle: Path, n: int, threads: int) -> tuple[float, str]:
+# The same probe with the runtime's database gathered through the memory map (what it did before its
+# positional reads), for the before / after comparison.
+RSS_PROBE_MAPPED = """import rissole_runtime.bundle as bundle
+from rissole.retrieval.database import open_database
+bundle.open_database = lambda path, positional_reads=False: open_database(path)
+""" + RSS_PROBE
+
+
+def peak_rss_mb(bundle: Path, n: int, threads: int, probe: str = RSS_PROBE) -> tuple[float, str]:
     """Peak resident set of a fresh `rissole-run` process (its own VmHWM, Linux), and its report line."""
-    cmd = [sys.executable, "-c", RSS_PROBE, str(bundle), "-n", str(n), "--steps", "50",
+    cmd = [sys.executable, "-c", probe, str(bundle), "-n", str(n), "--steps", "50",
            "--out", str(Path(tempfile.gettempdir()) / "edge-bench.png"), "--threads", str(threads), "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -176,6 +184,59 @@ def measure_rss(b32: Path, b10: Path, threads: int) -> dict[str, object]:
                      "runtime_line": line}
         print(f"peak RSS {name}: {rss[name]}", flush=True)
     return rss
+
+
+def set_cache(path: Path, warm: bool) -> str:
+    """Put `path` fully in the page cache (read it once) or evict it (posix_fadvise DONTNEED after a
+    sync; clean pages of a file nobody maps are dropped), and say which."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if warm:
+            while os.read(fd, 1 << 24):
+                pass
+            return "warm: read fully first"
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return "cold: posix_fadvise(POSIX_FADV_DONTNEED)"
+    finally:
+        os.close(fd)
+
+
+def cached_fraction(path: Path) -> float:
+    """Fraction of the file's bytes in the page cache, by util-linux `fincore` (nan where it is missing)."""
+    try:
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES,SIZE", str(path)],
+                             capture_output=True, text=True, check=True).stdout.split()
+        return int(out[0]) / int(out[1])
+    except (OSError, subprocess.CalledProcessError, IndexError, ValueError):
+        return float("nan")
+
+
+def measure_rss_cold_warm(b32: Path, b10: Path, threads: int, repeats: int) -> dict[str, object]:
+    """Peak RSS of rissole-run -n 16 at 1x and 10x rows, the database evicted and fully cached, with the
+    runtime's positional reads and (before them) through the map; the median of `repeats` runs each."""
+    import statistics
+
+    out: dict[str, object] = {}
+    for gather, probe in (("pread", RSS_PROBE), ("mapped", RSS_PROBE_MAPPED)):
+        for name, path in (("1x", b32), ("10x", b10)):
+            blocks = path / "db" / "blocks.npy"
+            for warm in (False, True):
+                mbs, how, frac = [], "", 0.0
+                for _ in range(repeats):
+                    how = set_cache(blocks, warm)
+                    frac = cached_fraction(blocks)
+                    mb, line = peak_rss_mb(path, 16, threads, probe)
+                    mbs.append(mb)
+                key = f"{gather}_{name}_{'warm' if warm else 'cold'}"
+                out[key] = {"rows": json.loads((path / "manifest.json").read_text())["database"]["rows"],
+                            "db_mb": blocks.stat().st_size / 2**20, "cache": how,
+                            "cached_fraction_before_run": frac, "peak_rss_mb": statistics.median(mbs),
+                            "runs_mb": mbs, "runtime_line": line}
+                print(f"{key}: {out[key]['peak_rss_mb']:.1f} MB (runs {mbs}, cached {frac:.2f} before)", flush=True)
+        four = [out[f"{gather}_{s}_{c}"]["peak_rss_mb"] for s in ("1x", "10x") for c in ("cold", "warm")]
+        out[f"{gather}_max_over_min"] = max(four) / min(four)
+    return out
 
 
 def fp16_fid(e32, e16, n: int) -> dict[str, object]:  # noqa: ANN001
@@ -232,6 +293,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/edge.json"), help="results JSON")
     ap.add_argument("--only-rss", action="store_true",
                     help="re-measure only the peak RSS, with the bundles already in --work, into the existing --out")
+    ap.add_argument("--rss-cold-warm", default=None, metavar="JSON",
+                    help="only the peak RSS at 1x / 10x rows, cold and warm cache, pread vs mapped gather, into JSON "
+                         "(exports the two bundles into --work first when missing)")
+    ap.add_argument("--rss-repeats", type=int, default=3, help="runs per --rss-cold-warm figure (median)")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
@@ -248,6 +313,22 @@ def main() -> int:
     db_path = ensure_shipped_database()
     work = Path(args.work or tempfile.mkdtemp(prefix="rissole-edge-"))
     b32, b16, b10 = work / "bundle-fp32", work / "bundle-fp16", work / "bundle-fp32-10x"
+    if args.rss_cold_warm:
+        if not (b32 / "manifest.json").is_file() or (b32 / "db" / "blocks.npy").stat().st_nlink > 1:
+            # a private copy of blocks.npy: a hard link shares its pages with whoever maps the source, and
+            # pages mapped by another process cannot be evicted for the cold figure
+            write_bundle(args.ckpt, b32, opts=ExportOptions(overwrite=True, progress=False, link=False))
+        if not (b10 / "manifest.json").is_file():
+            big = work / "db10x" if (work / "db10x" / "manifest.json").is_file() else tenfold_database(db_path, work / "db10x")
+            write_bundle(args.ckpt, b10, db=big, opts=ExportOptions(overwrite=True, progress=False))
+        result = {"benchmark": "edge_rss_cold_warm", "machine": machine_info(), "threads": args.threads,
+                  "what": "VmHWM of a fresh rissole-run -n 16 (DDIM-50) process; cold = blocks.npy evicted, warm = "
+                          "read fully first; pread = the runtime's positional-read gather, mapped = the earlier "
+                          "gather through the memory map (same code otherwise)",
+                  **measure_rss_cold_warm(b32, b10, args.threads, args.rss_repeats)}
+        write_json_atomic(args.rss_cold_warm, result)
+        print(f"wrote {args.rss_cold_warm}")
+        return 0
     if args.only_rss:
         result = json.loads(Path(args.out).read_text())
         result["runtime_peak_rss_16_images"] = measure_rss(b32, b10, args.threads)

@@ -23,8 +23,8 @@ import torch
 from tqdm import tqdm
 
 import rissole
-from rissole.diffusion.schedule import DDIMSampler
-from rissole.errors import DataError
+from rissole.diffusion.solvers import make_sampler
+from rissole.errors import ConfigError, DataError
 from rissole.fileio import BUNDLE, atomic_dir, check_replace, atomic_path, sha256_file, write_json_atomic
 from rissole.retrieval.database import BLOCKS_FILE, MANIFEST_FILE, BlockDatabase, open_database
 from rissole.retrieval.neighbours import open_table, save_table
@@ -49,17 +49,21 @@ class ExportOptions:
     fp16: bool = False
     opset: int = MIN_OPSET
     max_samples: int = 16  # samples per network call; the batch axis goes up to max_samples * b * 2 (guidance)
-    steps: int = 50  # diffusion kinds: default DDIM steps
+    sampler: str = "ddim"  # diffusion kinds: default sampler (rissole.diffusion.solvers.SAMPLERS) ...
+    steps: int = 50  # ... and its network calls
     guidance: float = 1.0
     top_m: float = 1.0
     top_k: int = 0  # rarm: default top-k (0 = all codes)
     temperature: float = 1.0  # rarm: default temperature
+    int8: bool = False  # diffusion kinds: int8 denoiser, static quantization calibrated on database rows
+    int8_calibration_rows: int = 256
     link: bool = True  # hard-link blocks.npy when on the same file system (copy otherwise)
     parity_samples: int = 4
     seed: int = 0
     overwrite: bool = False
     progress: bool = True
     report: list[str] = field(default_factory=list)
+    int8_fp32_path: Path | None = None  # set during an int8 export: the fp32 denoiser the parity compares with
 
 
 def _versions() -> dict[str, str]:
@@ -125,8 +129,18 @@ def export_denoiser(src: ExportSource, path: Path, opts: ExportOptions) -> dict[
     graph, names = src.graph, src.input_names
     feeds = real_denoiser_inputs(src, opts.parity_samples, opts.seed)
     args = tuple(torch.from_numpy(feeds[k]) for k in names)
-    model = export_onnx(graph, args, path, names, DENOISER_OUTPUT, opts.opset)
-    info = _maybe_fp16(path, model, opts, DENOISER_FP32_ROOTS, ())
+    if opts.int8:  # calibrate first: a database too small is refused before any export work
+        from rissole_export.int8 import RowCalibration, quantize_denoiser
+
+        calibration = RowCalibration(src, opts.int8_calibration_rows, make_sampler(opts.sampler, src.schedule,
+                                                                                   opts.steps).timesteps, seed=opts.seed)
+        fp32 = opts.int8_fp32_path  # a temporary directory of write_bundle's, not shipped
+        export_onnx(graph, args, fp32, names, DENOISER_OUTPUT, opts.opset)
+        info = {**quantize_denoiser(fp32, path, calibration), "fp32_nodes": []}
+        info["weights_by_dtype"] = count_by_precision(onnx.load(str(path)))
+    else:
+        model = export_onnx(graph, args, path, names, DENOISER_OUTPUT, opts.opset)
+        info = _maybe_fp16(path, model, opts, DENOISER_FP32_ROOTS, ())
 
     def reference() -> np.ndarray:
         with torch.no_grad():
@@ -196,6 +210,23 @@ def write_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, db: str | os.P
     out = Path(out)
     check_replace(out, BUNDLE, opts.overwrite)  # before the (slow) load; atomic_dir checks again under its lock
     src = load_source(ckpt, db=db, vqgan=vqgan)
+    if opts.int8 and (opts.fp16 or not src.diffusion):
+        raise ConfigError("--int8 quantizes a diffusion denoiser (RISSOLE, RDM) from fp32; "
+                          + ("drop --fp16." if opts.fp16 else f"a {src.kind} bundle has none."))
+    if not opts.int8:
+        return _write_bundle(ckpt, out, src, opts)
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="rissole-int8-"))
+    opts.int8_fp32_path = tmp / "denoiser.fp32.onnx"
+    try:
+        return _write_bundle(ckpt, out, src, opts)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_bundle(ckpt: str | os.PathLike, out: Path, src: ExportSource, opts: ExportOptions) -> dict[str, Any]:
     src_db = src.db
     b = int(src.model["num_blocks"])
     with atomic_dir(out, BUNDLE, force=opts.overwrite) as tmp:
@@ -216,7 +247,9 @@ def write_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, db: str | os.P
         for f in sorted((tmp / DB_DIR / "neighbours").glob("*")):
             files[f"{DB_DIR}/neighbours/{f.name}"] = _file_entry(f, "neighbour table")
         if src.diffusion:
-            sampler = {"kind": "ddim", **DDIMSampler(src.schedule, opts.steps).to_dict()}
+            smp = make_sampler(opts.sampler, src.schedule, opts.steps)
+            sampler = {"kind": opts.sampler, "num_steps": len(smp), **getattr(smp, "to_dict", dict)(),
+                       "timesteps": smp.timesteps.tolist()}
         else:
             sampler = {"kind": "tokens", "num_steps": int(src.model["seq_len"]), "top_k": opts.top_k,
                        "temperature": opts.temperature}
@@ -239,6 +272,15 @@ def write_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, db: str | os.P
             "opset": opts.opset, "versions": _versions(), "files": files,
         }
         write_json_atomic(tmp / MANIFEST, manifest)
+        if opts.int8 and src.diffusion:  # the sample-level figure: fp32 vs int8 images from the same noise
+            from rissole_export.int8 import sample_parity
+
+            manifest["denoiser"]["sample_parity_vs_fp32"] = sample_parity(tmp, opts.int8_fp32_path)
+            write_json_atomic(tmp / MANIFEST, manifest)
+            p = manifest["denoiser"]["sample_parity_vs_fp32"]
+            opts.report.append(f"int8 vs fp32 denoiser, {p['images']} images ({p['sampler']}, same rows and noise): "
+                               f"max pixel difference {p['max_abs_pixel_diff']}, mean {p['mean_abs_pixel_diff']:.2f} "
+                               f"grey levels")
     return manifest
 
 

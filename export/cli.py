@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rissole.diffusion.solvers import SAMPLERS
 from rissole.errors import run_command
 from rissole_runtime import argtypes as at
 
@@ -24,10 +25,20 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(default: the one in the checkpoint's config)")
     p.add_argument("--vqgan", default=None, help="VQ-GAN checkpoint (default: the one in the checkpoint's config)")
     p.add_argument("--fp16", action="store_true", help="store the ONNX models in fp16, normalisation layers kept fp32")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 denoiser (RISSOLE, RDM): onnxruntime static quantization calibrated on real rows of "
+                        "the database at the default sampler's timesteps; the manifest records the pixel difference "
+                        "of fp32 vs int8 samples")
+    p.add_argument("--int8-calibration-rows", type=at.positive_int, default=256,
+                   help="database rows the int8 calibration reads (a smaller database is refused)")
     p.add_argument("--opset", type=at.int_range(17), default=17, help="ONNX opset (>= 17)")
     p.add_argument("--max-samples", type=at.positive_int, default=16,
                    help="samples per network call; the batch axis spans b .. max_samples * b * 2 (guidance)")
-    p.add_argument("--steps", type=at.steps, default=50, help="default DDIM steps recorded in the manifest (RISSOLE, RDM)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="default sampler recorded in the manifest (RISSOLE, RDM): ddim, ddpm (all T steps), dpmpp2m "
+                        "(DPM-Solver++ 2M) or unipc (UniPC bh2); rissole-run --sampler overrides it")
+    p.add_argument("--steps", type=at.steps, default=50, help="default network calls of that sampler recorded in the "
+                                                             "manifest (RISSOLE, RDM; ignored by ddpm)")
     p.add_argument("--top-k", type=at.non_negative_int, default=0, help="default top-k recorded in the manifest (RARM; 0 = all codes)")
     p.add_argument("--temperature", type=at.TEMPERATURE, default=1.0, help="default temperature recorded in the manifest (RARM)")
     p.add_argument("--guidance", type=at.GUIDANCE, default=1.0, help="default guidance scale recorded in the manifest")
@@ -47,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from rissole_export.bundle_writer import ExportOptions, bundle_size, write_bundle
 
-    opts = ExportOptions(fp16=args.fp16, opset=args.opset, max_samples=args.max_samples, steps=args.steps,
+    opts = ExportOptions(fp16=args.fp16, int8=args.int8, int8_calibration_rows=args.int8_calibration_rows,
+                         opset=args.opset, max_samples=args.max_samples, sampler=args.sampler,
+                         steps=args.steps,
                          guidance=args.guidance, top_m=args.top_m, top_k=args.top_k,
                          temperature=args.temperature, link=not args.copy_db, overwrite=args.force,
                          progress=not args.quiet)

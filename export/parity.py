@@ -15,7 +15,10 @@ import onnxruntime as ort
 
 from rissole.errors import RissoleError
 
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}  # fp16: weights and activations between fp32 norm layers rounded to fp16
+# fp16: weights and activations between fp32 norm layers rounded to fp16. int8: a bound that only catches a
+# broken quantization (the shipped model's eps differs by up to 1.8 on real inputs); what int8 costs is
+# reported at the sample level (pixel difference of fp32 vs int8 images, and FID in benchmarks/)
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "int8": 5.0}
 
 
 def scaled_tolerance(precision: str, reference: np.ndarray) -> float:

@@ -143,9 +143,10 @@ def real_neighbour_embeddings(src: ExportSource, n: int, seed: int) -> np.ndarra
     return src.pipe.edb.embeddings(ids[:, : src.k]).astype(np.float32)
 
 
-def real_denoiser_inputs(src: ExportSource, n: int, seed: int) -> dict[str, np.ndarray]:
-    """Noised real latents (RISSOLE: their blocks) at random timesteps with their real neighbours, plus a
-    zero-conditioned copy (guidance)."""
+def real_denoiser_inputs(src: ExportSource, n: int, seed: int,
+                         timesteps: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Noised real latents (RISSOLE: their blocks) at random timesteps (drawn from `timesteps` when given,
+    e.g. a sampler's) with their real neighbours, plus a zero-conditioned copy (guidance)."""
     rng = np.random.default_rng(seed)
     rows = rng.choice(src.db.rows, size=n, replace=False)
     scale = np.float32(src.scale_factor)
@@ -153,7 +154,8 @@ def real_denoiser_inputs(src: ExportSource, n: int, seed: int) -> dict[str, np.n
         x0 = src.pipe.edb.latents(rows) * scale
     else:
         x0 = src.db.blocks(rows).reshape(n * src.model["num_blocks"], *src.db.block_shape) * scale
-    t = rng.integers(0, src.schedule.num_timesteps, size=len(x0))
+    t = (rng.integers(0, src.schedule.num_timesteps, size=len(x0)) if timesteps is None
+         else rng.choice(np.asarray(timesteps), size=len(x0)))
     a, s = (v.astype(np.float32)[:, None, None, None] for v in src.schedule.noise_coefficients(t))
     xt = a * x0 + s * rng.standard_normal(x0.shape).astype(np.float32)
     feeds = {"x": np.concatenate([xt, xt]).astype(np.float32), "t": np.concatenate([t, t]).astype(np.int64)}

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from rissole.diffusion.solvers import SAMPLERS
 from rissole_runtime import argtypes as at
 from rissole_runtime.errors import ConfigError, run_command
 
@@ -15,8 +16,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Sample images from a bundle written by rissole-export, without PyTorch.")
     p.add_argument("bundle", help="bundle directory")
     p.add_argument("-n", type=at.positive_int, default=16, help="number of images (>= 1; sampled in batches of 256)")
-    p.add_argument("--steps", type=at.steps, default=None, help="DDIM steps, 1..1000 (default: the manifest's; "
-                                                              "diffusion bundles)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="diffusion bundles: ddim, ddpm (all T steps), dpmpp2m (DPM-Solver++ 2M) or unipc (UniPC bh2) "
+                        "(default: the manifest's)")
+    p.add_argument("--steps", type=at.steps, default=None, help="network calls of the sampler, 1..1000 (default: the "
+                                                              "manifest's; diffusion bundles; ignored by ddpm)")
     p.add_argument("--eta", type=at.float_range(0.0, 1.0), default=0.0, help="DDIM eta in [0, 1] (0: deterministic; "
                                                                              "diffusion bundles)")
     p.add_argument("--top-k", type=at.non_negative_int, default=None, help="RARM: keep the top-k codes at each position (0 = all; "
@@ -65,9 +69,9 @@ def run(args: argparse.Namespace) -> int:
     top_m = bundle.manifest["top_m"] if args.top_m is None else args.top_m
     chunks = sum(-(-min(BATCH, args.n - s) // bundle.max_samples) for s in range(0, args.n, BATCH))
     if bundle.kind == "rarm":
-        if args.steps is not None or args.eta:
+        if args.steps is not None or args.eta or args.sampler is not None:
             raise ConfigError(f"{bundle.path}: an RARM bundle draws its {recorded['num_steps']} code positions one by "
-                             "one; --steps and --eta are for diffusion bundles. Use --top-k / --temperature.")
+                             "one; --sampler, --steps and --eta are for diffusion bundles. Use --top-k / --temperature.")
         top_k = recorded["top_k"] if args.top_k is None else args.top_k
         temperature = recorded["temperature"] if args.temperature is None else args.temperature
         steps = int(recorded["num_steps"])
@@ -79,14 +83,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.top_k is not None or args.temperature is not None:
             raise ConfigError(f"{bundle.path}: a {bundle.kind} bundle is sampled with DDIM; --top-k and --temperature "
-                             "are for RARM bundles. Use --steps / --eta.")
+                             "are for RARM bundles. Use --sampler / --steps / --eta.")
+        kind = args.sampler or recorded.get("kind", "ddim")
         steps = int(recorded["num_steps"]) if args.steps is None else args.steps
-        what = f"DDIM-{steps}"
+        try:
+            calls = len(edge.sampler(steps, args.eta, kind))
+        except ValueError as e:
+            raise ConfigError(f"--sampler {kind} --steps {steps} --eta {args.eta}: {e}") from None
+        what = f"{kind}-{calls}"
 
         def generate(sl: slice, seed: int) -> np.ndarray:
             return edge.generate(sl.stop - sl.start, steps, seed, top_m, guidance, args.eta,
-                                 progress=lambda i: bar.update(1))[0]
-        bar = tqdm(total=steps * chunks, desc="denoise", unit="step", disable=args.quiet)
+                                 progress=lambda i: bar.update(1), sampler=kind)[0]
+        bar = tqdm(total=calls * chunks, desc="denoise", unit="step", disable=args.quiet)
     with bar, npy_store(args.npy, args.n) as store:
         images = generate_in_batches(args.n, args.seed, generate, store)
     save_grid(images, args.out)

@@ -22,7 +22,9 @@ from typing import Callable
 import numpy as np
 
 from rissole.diffusion.loop import denoise
-from rissole.diffusion.schedule import DDIMSampler
+from rissole.diffusion.noise import NoiseSource
+from rissole.diffusion.schedule import AffineSampler
+from rissole.diffusion.solvers import MultistepSolver, make_sampler
 from rissole.errors import RissoleError
 from rissole.retrieval.blocks import merge_blocks
 from rissole.retrieval.database import gather_neighbours
@@ -104,8 +106,9 @@ class EdgeSampler(BundleSampler):
         self.denoiser = self.session(DENOISER, "denoiser")
 
     def initial_noise(self, n: int, seed: int = 0) -> np.ndarray:
+        """x_T (n, b, c, s, s) from the shared noise source (the PyTorch pipelines draw the same)."""
         c, s, _ = self.bundle.block_shape
-        return np.random.default_rng(seed).standard_normal((n, self.bundle.num_blocks, c, s, s), dtype=np.float32)
+        return NoiseSource(seed, n, (self.bundle.num_blocks, c, s, s)).initial()
 
     def _eps_fn(self, neighbours: np.ndarray | None, n: int) -> Callable[[np.ndarray, np.ndarray, bool], object]:
         """eps(x, t, guided) over the ONNX denoiser; guided doubles the batch with zero neighbours (one call)."""
@@ -126,15 +129,14 @@ class EdgeSampler(BundleSampler):
 
         return eps
 
-    def sample_latents(self, neighbours: np.ndarray | None, x_T: np.ndarray, sampler: DDIMSampler,
+    def sample_latents(self, neighbours: np.ndarray | None, x_T: np.ndarray, sampler: AffineSampler | MultistepSolver,
                        guidance: float = 1.0, seed: int = 0, progress: Callable[[int], None] | None = None) -> np.ndarray:
         """Unscaled latents (n, c, h, w) from the conditioning of `neighbours` (n, b, k, ...) and noise
         (n, b, c, s, s), max_samples samples per network call."""
         n, b = x_T.shape[:2]
         if self.bundle.retrieval and neighbours is None:
             raise RissoleError("this bundle's model conditions on neighbours: pass them (EdgeSampler.neighbours)")
-        rng = np.random.default_rng(seed + 1)  # stochastic DDIM steps (eta > 0) only
-        noise_fn = lambda shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
+        noise = NoiseSource(seed, n, x_T.shape[1:])  # stochastic steps only (DDPM, DDIM eta > 0), per sample
         t_fn = lambda t, m: np.full((m,), t, dtype=np.int64)  # noqa: E731
         out = []
         t0 = time.perf_counter()
@@ -142,24 +144,29 @@ class EdgeSampler(BundleSampler):
             e = min(s + self.bundle.max_samples, n)
             nb = None if neighbours is None else neighbours[s:e]
             x = x_T[s:e].reshape((e - s) * b, *x_T.shape[2:])
+            noise_fn = lambda shape, s=s, e=e: noise.step(s, e, shape)  # noqa: E731
             x = denoise(self._eps_fn(nb, e - s), sampler, x, noise_fn, t_fn, guidance, progress)
             out.append(merge_blocks(x.reshape(e - s, b, *x_T.shape[2:]), self.bundle.grid))
         self.timings.network_s += time.perf_counter() - t0
         return np.concatenate(out) / np.float32(self.bundle.scale_factor)
 
-    def sampler(self, steps: int, eta: float = 0.0) -> DDIMSampler:
-        """DDIM over the bundle's schedule; the manifest's timesteps are checked for its own step count."""
-        sampler = DDIMSampler(self.bundle.schedule, steps, eta)
+    def sampler(self, steps: int, eta: float = 0.0, kind: str = "ddim") -> AffineSampler | MultistepSolver:
+        """The sampler `kind` (rissole.diffusion.solvers.SAMPLERS) over the bundle's schedule; for the
+        manifest's own sampler and step count its timesteps are checked against the recorded ones."""
+        sampler = make_sampler(kind, self.bundle.schedule, steps, eta)
         recorded = self.bundle.manifest["sampler"]
-        if steps == recorded["num_steps"] and sampler.timesteps.tolist() != recorded["timesteps"]:
-            raise RissoleError(f"{self.bundle.path}: DDIM-{steps} timesteps differ from the manifest's; the bundle was "
+        if (kind == recorded.get("kind", "ddim") and len(sampler) == recorded["num_steps"]
+                and sampler.timesteps.tolist() != recorded["timesteps"]):
+            raise RissoleError(f"{self.bundle.path}: {kind}-{steps} timesteps differ from the manifest's; the bundle was "
                                "written by an incompatible rissole version. Re-export it.")
         return sampler
 
     def generate(self, n: int, steps: int = 50, seed: int = 0, top_m: float = 1.0, guidance: float = 1.0,
-                 eta: float = 0.0, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 eta: float = 0.0, progress: Callable[[int], None] | None = None,
+                 sampler: str = "ddim") -> tuple[np.ndarray, np.ndarray]:
         """(uint8 images (n, C, H, W), pseudo-query rows (n,)): either kind, one path."""
         rows = self.pseudo_queries(n, top_m, seed)
         nb = self.neighbours(rows) if self.bundle.retrieval else None
-        lat = self.sample_latents(nb, self.initial_noise(n, seed), self.sampler(steps, eta), guidance, seed, progress)
+        lat = self.sample_latents(nb, self.initial_noise(n, seed), self.sampler(steps, eta, sampler), guidance, seed,
+                                  progress)
         return self.decode(lat), rows

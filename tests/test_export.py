@@ -180,6 +180,37 @@ def test_fp16_keeps_normalisation_layers_in_fp32(tiny: dict[str, Path]) -> None:
     assert b.dtype == np.float32 and 0 < np.abs(a - b).max() < 2e-2
 
 
+def test_int8_export_calibrates_on_database_rows_and_reports_sample_parity(tiny: dict[str, Path]) -> None:
+    """--int8: a QDQ int8 denoiser calibrated on 64 real rows (of the 128-row database); the manifest carries
+    the fp32-vs-int8 pixel difference of real samples; the runtime samples the bundle."""
+    from rissole_runtime.bundle import open_bundle
+    from rissole_runtime.sampler import EdgeSampler
+
+    opts = ExportOptions(max_samples=4, steps=6, int8=True, int8_calibration_rows=64, progress=False)
+    m = write_bundle(tiny["ckpt"], tiny["dir"] / "bundle-int8", opts=opts)
+    den = m["denoiser"]
+    assert den["precision"] == "int8" and "64 real denoiser inputs" not in den["int8"]["calibration"]
+    assert den["int8"]["calibration"].startswith("256 real")  # 64 rows x 4 blocks
+    ops = {n.op_type for n in onnx.load(str(tiny["dir"] / "bundle-int8" / DENOISER)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    p = den["sample_parity_vs_fp32"]
+    assert p["images"] == 16 and 0 <= p["mean_abs_pixel_diff"] < 20 and p["max_abs_pixel_diff"] <= 255
+    images, _ = EdgeSampler(open_bundle(tiny["dir"] / "bundle-int8"), "cpu", 1).generate(2, 6)
+    assert images.shape == (2, 1, 32, 32) and images.std() > 5
+    assert not list(tiny["dir"].glob("**/denoiser.fp32.onnx"))  # the fp32 reference is not left behind
+
+
+def test_int8_export_refuses_a_database_without_enough_calibration_rows(tiny: dict[str, Path]) -> None:
+    from rissole.errors import ConfigError, DataError
+
+    out = tiny["dir"] / "bundle-int8-refused"
+    with pytest.raises(DataError, match=r"int8 calibration needs 1000 real database rows, the database holds 128"):
+        write_bundle(tiny["ckpt"], out, opts=ExportOptions(int8=True, int8_calibration_rows=1000, progress=False))
+    with pytest.raises(ConfigError, match="drop --fp16"):
+        write_bundle(tiny["ckpt"], out, opts=ExportOptions(int8=True, fp16=True, progress=False))
+    assert not out.exists()
+
+
 def test_trtexec_command_names_profile_shapes_and_fp32_layers(tiny: dict[str, Path]) -> None:
     import json
 

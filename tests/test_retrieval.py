@@ -117,6 +117,23 @@ def test_float16_database(latents: dict[str, Path], tmp_path: Path) -> None:
     np.testing.assert_allclose(half.blocks(range(5)), split_blocks(z, 4), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype, grid", [("float32", 2), ("float16", 1)])
+def test_positional_reads_gather_the_same_rows(latents: dict[str, Path], tmp_path: Path, dtype: str, grid: int) -> None:
+    """The runtime's pread gather (flat RSS on a warm cache) returns exactly the mapped rows, any dtype."""
+    from rissole.retrieval.database import gather_neighbours
+
+    build_database(latents["train"], tmp_path / "d", grid=grid, dtype=dtype, progress=False)
+    mapped, pread = open_database(tmp_path / "d"), open_database(tmp_path / "d", positional_reads=True)
+    ids = np.random.default_rng(0).integers(0, mapped.rows, (7, 5))
+    ids[0, 0], ids[-1, -1] = 0, mapped.rows - 1  # both ends of the file
+    np.testing.assert_array_equal(pread.blocks(ids), mapped.blocks(ids))
+    np.testing.assert_array_equal(gather_neighbours(pread, ids, 3), gather_neighbours(mapped, ids, 3))
+    if grid == 1:
+        np.testing.assert_array_equal(pread.vectors(ids), mapped.vectors(ids))
+    with pytest.raises(IndexError):
+        pread.blocks([mapped.rows])
+
+
 @pytest.mark.parametrize("mode", ["block0", "latent"])
 def test_exact_search_equals_brute_force(db, queries: dict[str, np.ndarray], mode: str) -> None:
     keys = KeySet(db, mode)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rissole.diffusion.solvers import SAMPLERS
 from rissole_runtime import argtypes as at
 
 
@@ -58,8 +59,10 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sample", help="generate images with a trained RISSOLE, RDM or RARM model, as a PNG grid")
     s.add_argument("--ckpt", default=None, help="RISSOLE, RDM or RARM checkpoint directory (default: the shipped RISSOLE)")
     s.add_argument("-n", type=at.positive_int, default=64, help="number of images")
-    s.add_argument("--steps", type=at.steps, default=50, help="DDIM steps (ignored with --sampler ddpm, which takes all T)")
-    s.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="DDIM (respaced) or DDPM ancestral")
+    s.add_argument("--steps", type=at.steps, default=50, help="network calls of the sampler (ignored with --sampler ddpm, "
+                                                             "which takes all T)")
+    s.add_argument("--sampler", choices=SAMPLERS, default="ddim",
+                   help="DDIM (respaced), DDPM ancestral, dpmpp2m (DPM-Solver++ 2M) or unipc (UniPC bh2)")
     s.add_argument("--eta", type=at.ETA, default=0.0, help="DDIM eta: 0 deterministic, 1 with all steps = DDPM")
     s.add_argument("--top-m", type=at.fraction, default=1.0, help="keep the top fraction m of p_D for pseudo-queries (RDM Eq. 7)")
     s.add_argument("--guidance", type=at.GUIDANCE, default=1.0, help="classifier-free guidance scale against zero neighbours")
@@ -91,10 +94,14 @@ def _sample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from rissole.cli.sample_files import BATCH, check_outputs, sample_to_files, write_sample_files
-    from rissole.diffusion.schedule import DDIMSampler, DDPMSampler
+    from rissole.diffusion.solvers import make_sampler
+    from rissole.errors import ConfigError
     from rissole.heads.block_pipeline import RissolePipeline
     from rissole.paths import SHIPPED_RISSOLE, ensure_database_for
 
+    if args.eta and args.sampler in ("dpmpp2m", "unipc"):
+        raise ConfigError(f"--eta {args.eta}: {args.sampler} solves the probability-flow ODE and has no eta; "
+                          "eta is for --sampler ddim.")
     check_outputs(args)
     if args.ckpt is None:
         args.ckpt = str(SHIPPED_RISSOLE)
@@ -107,7 +114,10 @@ def _sample(args: argparse.Namespace) -> int:
         return sample_neighbour_head(args)
     pipe = RissolePipeline.load(args.ckpt, db=args.db, vqgan=args.vqgan, device=args.device)
     sched = pipe.schedule
-    sampler = DDPMSampler(sched) if args.sampler == "ddpm" else DDIMSampler(sched, args.steps, args.eta)
+    try:
+        sampler = make_sampler(args.sampler, sched, args.steps, args.eta)
+    except ValueError as e:
+        raise ConfigError(f"--sampler {args.sampler} --steps {args.steps} --eta {args.eta}: {e}") from None
     rows, images = None, None
     if args.query:
         from rissole.data import ImageFolder

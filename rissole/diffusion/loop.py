@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, TypeVar
 
 from rissole.diffusion.schedule import AffineSampler, guide
+from rissole.diffusion.solvers import MultistepSolver
 
 Array = TypeVar("Array")
 
@@ -20,7 +21,7 @@ EpsFn = Callable[[Any, Any, bool], Any]
 
 def denoise(
     eps_fn: EpsFn,
-    sampler: AffineSampler,
+    sampler: AffineSampler | MultistepSolver,
     x: Array,
     noise_fn: Callable[[tuple[int, ...]], Array],
     timestep_fn: Callable[[int, int], Any],
@@ -30,9 +31,11 @@ def denoise(
     """Run every step of `sampler` from x = x_T; returns x_0.
 
     timestep_fn(t, n) builds the (n,) timestep array in the caller's framework; noise_fn(shape)
-    draws standard normal noise (seeded by the caller) for stochastic steps.
+    draws standard normal noise (seeded by the caller) for stochastic steps. A multistep solver's
+    history of model outputs belongs to one trajectory: it is reset here, at the start of each.
     """
     guided = guidance != 1.0
+    sampler.reset()
     for i, t in enumerate(sampler.timesteps):
         tt = timestep_fn(int(t), x.shape[0])
         if guided:
@@ -40,8 +43,7 @@ def denoise(
             eps = guide(eps_c, eps_u, guidance)
         else:
             eps = eps_fn(x, tt, False)
-        sigma = sampler.coefficients(i)[2]
-        x = sampler.step(x, eps, i, noise_fn(tuple(x.shape)) if sigma > 0 else None)
+        x = sampler.step(x, eps, i, noise_fn(tuple(x.shape)) if sampler.stochastic(i) else None)
         if progress is not None:
             progress(i)
     return x

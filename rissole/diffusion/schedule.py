@@ -83,6 +83,13 @@ class AffineSampler:
     def coefficients(self, i: int) -> tuple[float, float, float]:
         raise NotImplementedError
 
+    def reset(self) -> None:
+        """Nothing to forget: a one-step sampler keeps no state between steps (multistep solvers do)."""
+
+    def stochastic(self, i: int) -> bool:
+        """Whether step i needs a noise sample."""
+        return self.coefficients(i)[2] > 0.0
+
     def step(self, x: Array, eps: Array, i: int, noise: Array | None = None) -> Array:
         a, b, sigma = self.coefficients(i)
         out = a * x + b * eps

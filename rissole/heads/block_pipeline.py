@@ -20,7 +20,9 @@ import torch
 
 from rissole.checkpoint import load_checkpoint
 from rissole.errors import CheckpointError
+from rissole.diffusion.noise import NoiseSource
 from rissole.diffusion.schedule import AffineSampler, NoiseSchedule
+from rissole.diffusion.solvers import MultistepSolver
 from rissole.heads.block_batches import check_pairing
 from rissole.heads.block_sampling import sample_blocks
 from rissole.retrieval.database import gather_neighbours
@@ -113,10 +115,11 @@ class RissolePipeline:
         return images.reshape(*rows.shape, *images.shape[1:])
 
     @torch.no_grad()
-    def generate(self, neighbour_ids: np.ndarray | None, sampler: AffineSampler, n: int | None = None,
+    def generate(self, neighbour_ids: np.ndarray | None, sampler: AffineSampler | MultistepSolver, n: int | None = None,
                  seed: int = 0, guidance: float = 1.0, order: str = "parallel",
                  progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, torch.Tensor]:
-        """(uint8 images (n, C, H, W), unscaled latents (n, c, h, w))."""
+        """(uint8 images (n, C, H, W), unscaled latents (n, c, h, w)); x_T and the stochastic steps' noise
+        come from NoiseSource(seed), as in rissole-run, so the same seed gives the same image there."""
         scale = float(self.config["scale_factor"])
         nb = None
         if self.model.config.retrieval:
@@ -126,7 +129,8 @@ class RissolePipeline:
             n = len(neighbour_ids)
         if n is None:
             raise ValueError("n is needed for a model without retrieval")
-        gen = torch.Generator().manual_seed(seed)
-        lat = sample_blocks(self.model, sampler, nb, n, gen, guidance, order, progress) / scale
+        cfg = self.model.config
+        noise = NoiseSource(seed, n, (cfg.num_blocks, cfg.latent_channels, cfg.block_size, cfg.block_size))
+        lat = sample_blocks(self.model, sampler, nb, n, torch.Generator(), guidance, order, progress, noise=noise) / scale
         check_finite(lat.cpu().numpy(), "the sampled latents (before decoding)")
         return self.decode(lat), lat.cpu()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from rissole.diffusion.loop import denoise
+from rissole.diffusion.noise import NoiseSource
 from rissole.diffusion.schedule import AffineSampler, NoiseSchedule
 from rissole.models.block_unet import BlockDenoiser
 from rissole.retrieval.blocks import merge_blocks
@@ -63,11 +64,13 @@ def sample_blocks(
     order: str = "parallel",
     progress: Callable[[int], None] | None = None,
     x_T: torch.Tensor | None = None,
+    noise: NoiseSource | None = None,
 ) -> torch.Tensor:
     """Scaled latents (n, c, h, w) from neighbours (n, b, k, c, s, s) (None for the -RAG model).
 
-    x_T (n, b, c, s, s): the initial noise, drawn from `generator` when None (given: the edge
-    runtime's parity check starts both samplers from the same noise).
+    x_T (n, b, c, s, s): the initial noise, drawn from `noise` (the numpy noise source the edge
+    runtime shares, rissole.diffusion.noise) or else from `generator` when None. With `noise`, the
+    stochastic steps' noise comes from it too, so the parallel order matches the runtime's images.
 
     order: "parallel" (all n*b blocks in one call per step), "block_by_block" (n blocks per call,
     b times as many calls); a model with previous_block=True is always sampled sequentially.
@@ -80,12 +83,16 @@ def sample_blocks(
         raise ValueError(f"order must be 'parallel' or 'block_by_block', found {order!r}")
     dev = next(model.parameters()).device
     # all noise is drawn up front in one fixed layout, so every order starts from the same x_T
+    if noise is not None and (noise.n, noise.sample_shape) != (n, (b, c, s, s)):
+        raise ValueError(f"the noise source is for {noise.n} samples of {noise.sample_shape}, not {n} of {(b, c, s, s)}")
     if x_T is None:
-        x_T = torch.randn((n, b, c, s, s), generator=generator)
+        x_T = torch.from_numpy(noise.initial()) if noise is not None else torch.randn((n, b, c, s, s), generator=generator)
     elif tuple(x_T.shape) != (n, b, c, s, s):
         raise ValueError(f"x_T must have shape {(n, b, c, s, s)} (n, b, c, s, s), found {tuple(x_T.shape)}")
     x_T = x_T.to(dev)
     noise_fn = lambda shape: torch.randn(shape, generator=generator).to(dev)  # noqa: E731
+    if noise is not None:  # the parallel order: one (b, c, s, s) draw per sample and stochastic step
+        noise_fn = lambda shape: torch.from_numpy(noise.step(0, n, shape)).to(dev)  # noqa: E731
     t_fn = lambda t, m: torch.full((m,), t, dtype=torch.long, device=dev)  # noqa: E731
     nb = None if neighbours is None else neighbours.to(dev)
     positions = torch.arange(b, device=dev).repeat(n) if cfg.position else None
@@ -96,6 +103,8 @@ def sample_blocks(
         return merge_blocks(x.reshape(n, b, c, s, s), cfg.grid)
 
     out = torch.zeros_like(x_T)
+    if noise is not None:  # block i's noise: the i-th block of each sample's draw
+        noise_fn = lambda shape: torch.from_numpy(noise.step(0, n)[:, i].copy()).to(dev)  # noqa: E731
     for i in range(b):  # one block position at a time
         cond = None if nb is None else nb[:, i]
         pos = torch.full((n,), i, dtype=torch.long, device=dev) if cfg.position else None

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from rissole.checkpoint import load_checkpoint
-from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
+from rissole.diffusion.noise import NoiseSource
+from rissole.diffusion.schedule import NoiseSchedule
+from rissole.diffusion.solvers import make_sampler
 from rissole.embeddings.base import EmbeddingSpec
 from rissole.embeddings.store import KEY_MODE, EmbeddingDatabase, open_embedding_database
 from rissole.errors import CheckpointError, DataError
@@ -145,8 +147,10 @@ class NeighbourHeadPipeline:
             from rissole.heads.rdm_sampling import sample_latents
 
             sched = NoiseSchedule.from_dict(self.config["diffusion"])
-            smp = DDPMSampler(sched) if sampler == "ddpm" else DDIMSampler(sched, steps, eta)
-            lat = sample_latents(self.model, smp, nb, gen, guidance, progress, x_T) / float(self.config["scale_factor"])
+            smp = make_sampler(sampler, sched, steps, eta)
+            cfg = self.model.config
+            noise = NoiseSource(seed, len(nb), (cfg.latent_channels, cfg.latent_size, cfg.latent_size))
+            lat = sample_latents(self.model, smp, nb, gen, guidance, progress, x_T, noise) / float(self.config["scale_factor"])
             check_finite(lat.cpu().numpy(), "the sampled latents (before decoding)")
             return self.decode(lat), lat.cpu()
         from rissole.heads.rarm_sampling import sample_codes
@@ -177,4 +181,4 @@ class NeighbourHeadPipeline:
         if self.kind == "rarm":
             return int(self.model.config.seq_len)
         sched = NoiseSchedule.from_dict(self.config["diffusion"])
-        return len(DDPMSampler(sched) if sampler == "ddpm" else DDIMSampler(sched, steps, eta))
+        return len(make_sampler(sampler, sched, steps, eta))

@@ -45,13 +45,23 @@ class PseudoQuerySampler:
         base = np.full(db_rows, 1.0 / db_rows) if p is None else np.asarray(p, dtype=np.float64)
         if len(base) != db_rows:
             raise ValueError(f"proposal has {len(base)} entries, the database {db_rows} rows")
-        self.p = top_m(base, m)
-        self.support = np.flatnonzero(self.p)
-        self.cdf = np.cumsum(self.p[self.support])
+        self._base, self.m = base, m
+        # m = 1 keeps every row: no top_m (its argsort and copies of the proposal are what a 10x database on a
+        # device pays in peak memory) and, without rows of probability 0, the cdf indexes the rows directly
+        kept = base if m == 1.0 else top_m(base, m)
+        self.support = None if np.count_nonzero(kept) == db_rows else np.flatnonzero(kept)
+        self.cdf = np.cumsum(kept if self.support is None else kept[self.support])
+        self.cdf /= self.cdf[-1]
         self.cdf[-1] = 1.0
         self.rng = np.random.default_rng(seed)
+
+    @property
+    def p(self) -> np.ndarray:
+        """The truncated, renormalised proposal (Eq. 7), computed on demand."""
+        return self._base / self._base.sum() if self.m == 1.0 else top_m(self._base, self.m)
 
     def sample(self, n: int) -> np.ndarray:
         """n row ids (int64), drawn with replacement."""
         u = self.rng.random(n)
-        return self.support[np.searchsorted(self.cdf, u, side="right").clip(max=len(self.support) - 1)]
+        idx = np.searchsorted(self.cdf, u, side="right").clip(max=len(self.cdf) - 1)
+        return idx.astype(np.int64) if self.support is None else self.support[idx]
