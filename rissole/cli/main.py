@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "rissole.cli.rissole_cmd",
     "rissole.cli.checkpoint_cmd",
     "rissole.cli.demo_cmd",
+    "rissole.cli.data_cmd",
+    "rissole.cli.joint_cmd",
 )
 
 

@@ -26,6 +26,11 @@ class ImageSet:
     images: np.ndarray
     labels: np.ndarray | None
     spec: str
+    records: list[dict] | None = None  # per image: its metadata.jsonl record (folder sources that have one)
+
+    @property
+    def captions(self) -> list[str] | None:
+        return None if self.records is None else [str(r.get("text", "")) for r in self.records]
 
     def content_hash(self) -> str:
         """SHA-256 of the pixels and shape: keys caches (e.g. FID reference statistics)."""
@@ -62,13 +67,15 @@ def load_source(
     """Load the images a spec names (the first `limit` of them, if given)."""
     kind, path, split = parse_source(spec)
     labels: np.ndarray | None
+    records = None
     if kind == "fmnist":
         images, labels = load_fashion_mnist(split, data_dir=data_dir, size=size)
     elif kind == "folder":
         folder = ImageFolder(path, size=size, channels=channels, split=split)
         if limit is not None:
             folder.files = folder.files[:limit]
-        images, labels = folder.to_array(), None
+            folder.records = None if folder.records is None else folder.records[:limit]
+        images, labels, records = folder.to_array(), None, folder.records
     else:
         p = Path(path)
         if not p.is_file():
@@ -84,4 +91,4 @@ def load_source(
     if limit is not None:
         images = images[:limit]
         labels = labels[:limit] if labels is not None else None
-    return ImageSet(np.ascontiguousarray(images), labels, spec)
+    return ImageSet(np.ascontiguousarray(images), labels, spec, records)

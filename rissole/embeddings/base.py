@@ -56,6 +56,12 @@ class Embedder(ABC):
     def embed_images(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
         """uint8 images (n, C, H, W) -> float32 (n, d), every row of unit L2 norm."""
 
+    def embed_texts(self, texts: "list[str]", progress: bool = False) -> np.ndarray:
+        """Texts -> float32 (n, d) unit rows in the same space as embed_images (joint text-image embedders)."""
+        from rissole.errors import DataError
+
+        raise DataError(f"the {self.name} embedder has no text tower; embed text with minilm, joint or clip:PATH.")
+
     def embed_latents(self, z: np.ndarray) -> np.ndarray | None:
         """VQ latents (n, c, h, w) -> (n, d) when the embedding is a function of the latent alone; else None."""
         return None
