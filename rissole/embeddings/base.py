@@ -38,8 +38,13 @@ class EmbeddingSpec:
     def from_dict(cls, d: dict[str, Any]) -> "EmbeddingSpec":
         return cls(str(d["embedder"]), int(d["tokens"]), int(d["token_dim"]), dict(d.get("params") or {}))
 
+    def identity(self) -> tuple:
+        """What makes two embeddings the same space: everything but where the model file lies (`path`)."""
+        return (self.embedder, self.tokens, self.token_dim,
+                tuple(sorted((k, str(v)) for k, v in self.params.items() if k != "path")))
+
     def describe(self) -> str:
-        params = "".join(f", {k} {v}" for k, v in sorted(self.params.items()))
+        params = "".join(f", {k} {v}" for k, v in sorted(self.params.items()) if k != "path")
         return f"{self.embedder} embeddings of d = {self.dim} ({self.tokens} token(s) x {self.token_dim}{params})"
 
 
