@@ -258,3 +258,18 @@ def test_clip_state_dict_with_code_is_refused(tmp_path: Path) -> None:
     torch.save({"visual.conv1.weight": torch.zeros(1), "obj": Payload()}, bad)
     with pytest.raises(CheckpointError, match="cannot be loaded with weights_only=True"):
         ClipEmbedder(bad)
+
+
+def test_embed_text_cli_minilm_is_unit_and_semantic(tmp_path: Path) -> None:
+    from rissole.cli.main import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a handbag\na red apple\n")
+    out = tmp_path / "t.npy"
+    assert main(["embed", "--embedder", "minilm", "--text", "a photo of a bag", f"@{prompts}", "--out", str(out)]) == 0
+    v = np.load(out)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["texts"] == ["a photo of a bag", "a handbag", "a red apple"] and meta["embedding"]["embedder"] == "minilm"
+    assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # mean pooling over the mask: a bag is nearer a handbag than an apple
+    assert main(["embed", "--embedder", "vq", "--text", "hi", "--out", str(tmp_path / "x.npy")]) == 2
