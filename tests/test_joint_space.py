@@ -273,3 +273,21 @@ def test_embed_text_cli_minilm_is_unit_and_semantic(tmp_path: Path) -> None:
     assert v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # mean pooling over the mask: a bag is nearer a handbag than an apple
     assert main(["embed", "--embedder", "vq", "--text", "hi", "--out", str(tmp_path / "x.npy")]) == 2
+
+
+def test_fmnist_captioned_folder(tmp_path: Path) -> None:
+    from rissole.cli.main import main
+    from rissole.data import load_fashion_mnist
+    from rissole.data.fashion_mnist import CAPTION_NAMES
+
+    out = tmp_path / "fm"
+    assert main(["data", "fmnist", "--out", str(out), "--limit", "12"]) == 0
+    images, labels = load_fashion_mnist("test")
+    s = load_source(f"folder:{out}:test", channels=3)
+    recs = [json.loads(line) for line in (out / "test" / "metadata.jsonl").read_text().splitlines()]
+    assert len(recs) == 12 and len(s.images) == 12
+    for r in recs:  # file order differs from the idx order: match by the row number in the name
+        i = int(Path(r["file_name"]).stem)
+        assert r["label"] == labels[i] and r["text"] == f"a photo of a {CAPTION_NAMES[labels[i]]}"
+    first = next(k for k, f in enumerate(sorted((out / "test").rglob("*.png"))) if f.stem == "00000")
+    assert np.array_equal(s.images[first], np.repeat(images[0], 3, axis=0))  # grey copied into R, G, B unchanged

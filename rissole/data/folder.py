@@ -20,7 +20,7 @@ from rissole.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 METADATA = "metadata.jsonl"
-SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation", "valid")}
+SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation", "valid"), "test": ("test",)}
 
 
 def read_metadata(path: Path) -> dict[Path, dict]:
@@ -74,9 +74,11 @@ class ImageFolder:
             raise DataError(f"{self.root}: image folder not found. Pass an existing directory of PNG/JPEG files.")
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 (grey) or 3 (RGB), found {channels}.")
-        if split not in ("all", "train", "val"):
-            raise DataError(f"split must be 'all', 'train' or 'val', found {split!r}.")
+        if split not in ("all", "train", "val", "test"):
+            raise DataError(f"split must be 'all', 'train', 'val' or 'test', found {split!r}.")
         split_dir = next((self.root / d for d in SPLIT_DIRS.get(split, ()) if (self.root / d).is_dir()), None)
+        if split == "test" and split_dir is None:
+            raise DataError(f"{self.root}: split 'test' needs a test/ sub-folder (train and val also split by a seeded hash).")
         base = split_dir or self.root
         files = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if split != "all" and split_dir is None:

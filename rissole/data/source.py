@@ -1,7 +1,8 @@
 """Data source specs: one string names a set of images everywhere on the command line.
 
     fmnist:train | fmnist:test              Fashion-MNIST, padded to 32 x 32
-    folder:PATH[:all|train|val]             an image folder (resized, centre-cropped)
+    folder:PATH[:all|train|val|test]        an image folder (resized, centre-cropped; split by its
+                                            train/ val/ test/ sub-folders where present, else a hash)
     npy:PATH                                a uint8 array (N, C, H, W) or (N, H, W) in a .npy file
 """
 
@@ -49,7 +50,7 @@ def parse_source(spec: str) -> tuple[str, str, str]:
     if kind == "folder":
         path, split = rest, "all"
         head, _, tail = rest.rpartition(":")
-        if head and tail in ("all", "train", "val"):
+        if head and tail in ("all", "train", "val", "test"):
             path, split = head, tail
         return kind, path, split
     if kind == "npy":

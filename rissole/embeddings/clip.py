@@ -99,7 +99,7 @@ class ClipEmbedder(Embedder):
         from rissole.embeddings.minilm import offline_transformers
 
         tf = offline_transformers()
-        self.path = Path(path)
+        self.path = Path(path).resolve()
         self.batch_size, self.device = batch_size, torch.device(device)
         folder = self.path if self.path.is_dir() else self.path.parent
         if self.path.is_dir():

@@ -36,7 +36,7 @@ class JointEmbedder(Embedder):
         from rissole.models.image_tower import ImageTower
         from rissole.training import with_defaults
 
-        self.path = Path(path) if path is not None else shipped_joint()
+        self.path = (Path(path) if path is not None else shipped_joint()).resolve()
         self.batch_size, self.device = batch_size, torch.device(device)
         ckpt = load_checkpoint(self.path, expect_kind=KIND)
         mc = with_defaults(ckpt.config.get("model"), MODEL_DEFAULTS, "model")
