@@ -4,6 +4,10 @@
     folder:PATH[:all|train|val|test]        an image folder (resized, centre-cropped; split by its
                                             train/ val/ test/ sub-folders where present, else a hash)
     npy:PATH                                a uint8 array (N, C, H, W) or (N, H, W) in a .npy file
+    SPEC+SPEC                               several sources, concatenated in that order (e.g. stickers
+                                            and Fashion-MNIST as RGB: folder:runs/stickers32:train+fmnist:train)
+
+Grey sources asked for 3 channels are copied into R, G and B.
 """
 
 from __future__ import annotations
@@ -66,6 +70,16 @@ def load_source(
     limit: int | None = None,
 ) -> ImageSet:
     """Load the images a spec names (the first `limit` of them, if given)."""
+    if "+" in spec and not spec.startswith("npy:"):
+        parts = [load_source(p, data_dir, size, channels) for p in spec.split("+")]
+        images = np.concatenate([p.images for p in parts])
+        labels = None if any(p.labels is None for p in parts) else np.concatenate([p.labels for p in parts])
+        records = None if all(p.records is None for p in parts) else [
+            r for p in parts for r in (p.records or [{} for _ in range(len(p.images))])]
+        if limit is not None:
+            images, labels = images[:limit], None if labels is None else labels[:limit]
+            records = None if records is None else records[:limit]
+        return ImageSet(np.ascontiguousarray(images), labels, spec, records)
     kind, path, split = parse_source(spec)
     labels: np.ndarray | None
     records = None
@@ -92,4 +106,6 @@ def load_source(
     if limit is not None:
         images = images[:limit]
         labels = labels[:limit] if labels is not None else None
+    if channels == 3 and images.shape[1] == 1:
+        images = np.repeat(images, 3, axis=1)
     return ImageSet(np.ascontiguousarray(images), labels, spec, records)
