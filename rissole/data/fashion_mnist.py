@@ -13,6 +13,13 @@ from rissole.errors import DataError
 
 FASHION_MNIST_DIR = Path(os.environ.get("RISSOLE_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+# The dataset's own class names (Xiao et al., 2017, Table 3), as English for captions and class prompts.
+CAPTION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+# Caption templates in the manner of CLIP's zero-shot prompts (Radford et al., 2021, Sec. 3.1.4).
+CAPTION_TEMPLATES = (
+    "a photo of a {}", "a black and white photo of a {}", "a {}", "a picture of a {}", "a grey photo of a {}",
+    "a small photo of a {}", "a low resolution photo of a {}", "an image of a {}",
+)
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),

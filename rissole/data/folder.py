@@ -1,8 +1,15 @@
-"""A folder of PNG/JPEG images (searched recursively) as a dataset, so users bring their own data."""
+"""A folder of PNG/JPEG images (searched recursively) as a dataset, so users bring their own data.
+
+Captions follow the Hugging Face image-folder convention: a `metadata.jsonl` beside the images, one
+JSON object per line with `file_name` (relative to that metadata file) and any further fields
+(`text`, `group`, ...). A folder with `train/` and `val/` sub-folders is split by them
+(`folder:PATH:train`); otherwise the split is a seeded hash of each file's path.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -50,6 +57,31 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot read image ({exc}). Remove or replace the file.") from exc
     return im
+METADATA = "metadata.jsonl"
+SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation", "valid"), "test": ("test",)}
+
+
+def read_metadata(path: Path) -> dict[Path, dict]:
+    """file path -> its record, from one metadata.jsonl; a malformed line is an error naming FILE:LINE."""
+    out: dict[Path, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: expected one JSON object per line, found invalid JSON ({exc.msg} "
+                                f"at column {exc.colno}). Fix or remove that line.") from exc
+            if not isinstance(rec, dict) or not isinstance(rec.get("file_name"), str):
+                found = f"keys {sorted(rec)}" if isinstance(rec, dict) else type(rec).__name__
+                raise DataError(f"{path}:{lineno}: expected an object with a string 'file_name', found {found}. "
+                                "Fix or remove that line.")
+            file = (path.parent / rec["file_name"]).resolve()
+            if file in out:
+                raise DataError(f"{path}:{lineno}: {rec['file_name']!r} is listed twice. Remove one of the lines.")
+            out[file] = rec
+    return out
 
 
 def _in_val(rel_path: str, val_fraction: float, seed: int) -> bool:
@@ -80,10 +112,14 @@ class ImageFolder:
             raise DataError(f"{self.root}: image folder not found. Pass an existing directory of PNG/JPEG files.")
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 (grey) or 3 (RGB), found {channels}.")
-        if split not in ("all", "train", "val"):
-            raise DataError(f"split must be 'all', 'train' or 'val', found {split!r}.")
-        files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if split != "all":
+        if split not in ("all", "train", "val", "test"):
+            raise DataError(f"split must be 'all', 'train', 'val' or 'test', found {split!r}.")
+        split_dir = next((self.root / d for d in SPLIT_DIRS.get(split, ()) if (self.root / d).is_dir()), None)
+        if split == "test" and split_dir is None:
+            raise DataError(f"{self.root}: split 'test' needs a test/ sub-folder (train and val also split by a seeded hash).")
+        base = split_dir or self.root
+        files = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if split != "all" and split_dir is None:
             want_val = split == "val"
             files = [p for p in files if _in_val(p.relative_to(self.root).as_posix(), val_fraction, seed) == want_val]
         if not files:
@@ -91,6 +127,12 @@ class ImageFolder:
                 f"{self.root}: no images found for split {split!r} (looked recursively for {', '.join(IMAGE_SUFFIXES)})."
             )
         self.files = files
+        self.records: list[dict] | None = None  # metadata.jsonl records, one per file, where present
+        metadata: dict[Path, dict] = {}
+        for m in sorted(base.rglob(METADATA)):
+            metadata.update(read_metadata(m))
+        if metadata:
+            self.records = [metadata.get(p.resolve(), {}) for p in files]
         self.size = size
         self.channels = channels
         self.classes: list[str] = []
@@ -112,8 +154,13 @@ class ImageFolder:
             raise DataError(f"image files not found: {', '.join(missing) or '(none given)'}. Pass existing PNG/JPEG files.")
         self = cls.__new__(cls)
         self.root, self.files, self.size, self.channels = Path("."), [Path(f) for f in files], size, channels
-        self.classes, self.labels = [], None
+        self.classes, self.labels, self.records = [], None, None
         return self
+
+    @property
+    def captions(self) -> list[str] | None:
+        """Each image's `text` from metadata.jsonl ('' where its line has none); None without metadata."""
+        return None if self.records is None else [str(r.get("text", "")) for r in self.records]
 
     @property
     def images(self) -> np.ndarray:

@@ -38,8 +38,13 @@ class EmbeddingSpec:
     def from_dict(cls, d: dict[str, Any]) -> "EmbeddingSpec":
         return cls(str(d["embedder"]), int(d["tokens"]), int(d["token_dim"]), dict(d.get("params") or {}))
 
+    def identity(self) -> tuple:
+        """What makes two embeddings the same space: everything but where the model file lies (`path`)."""
+        return (self.embedder, self.tokens, self.token_dim,
+                tuple(sorted((k, str(v)) for k, v in self.params.items() if k != "path")))
+
     def describe(self) -> str:
-        params = "".join(f", {k} {v}" for k, v in sorted(self.params.items()))
+        params = "".join(f", {k} {v}" for k, v in sorted(self.params.items()) if k != "path")
         return f"{self.embedder} embeddings of d = {self.dim} ({self.tokens} token(s) x {self.token_dim}{params})"
 
 
@@ -55,6 +60,12 @@ class Embedder(ABC):
     @abstractmethod
     def embed_images(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
         """uint8 images (n, C, H, W) -> float32 (n, d), every row of unit L2 norm."""
+
+    def embed_texts(self, texts: "list[str]", progress: bool = False) -> np.ndarray:
+        """Texts -> float32 (n, d) unit rows in the same space as embed_images (joint text-image embedders)."""
+        from rissole.errors import DataError
+
+        raise DataError(f"the {self.name} embedder has no text tower; embed text with minilm, joint or clip:PATH.")
 
     def embed_latents(self, z: np.ndarray) -> np.ndarray | None:
         """VQ latents (n, c, h, w) -> (n, d) when the embedding is a function of the latent alone; else None."""

@@ -166,9 +166,7 @@ class EmbeddingDatabase:
 
     def check_spec(self, expected: EmbeddingSpec, what: str) -> None:
         """Refuse a database whose vectors are not the embedding `what` was trained on."""
-        if (self.spec.embedder, self.spec.tokens, self.spec.token_dim, self.spec.params) != (
-            expected.embedder, expected.tokens, expected.token_dim, expected.params
-        ):
+        if self.spec.identity() != expected.identity():
             raise DataError(
                 f"{self.path}: a database of {self.spec.describe()}, but {what} conditions on "
                 f"{expected.describe()}. Fix: build a database of that embedding "
