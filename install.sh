@@ -43,6 +43,8 @@ PIP="$PY -m pip --disable-pip-version-check -q"
 $PIP install "torch==2.13.0"
 extras=""
 if [[ ${1:-} == "--test" ]]; then extras="[test,faiss]"; fi
+# the torch-free runtime distribution first: the package pins it (rissole-runtime==<version>)
+$PIP install -e ./runtime
 $PIP install -e ".${extras}"
 # Installed without their declared dependencies (torchvision, pytorch-lightning, opencv, requests
 # would break beside this torch or are not needed): we import taming.modules.* only, and load the

@@ -62,7 +62,7 @@ def ensure_embedding_db(pipe: Any, latents_path: Path, rows: np.ndarray | None, 
     Rebuilt only if missing or holding other rows."""
     from rissole.embeddings import build_embedding_database, embedder_for_spec, open_embedding_database
     from rissole.embeddings.store import KEY_MODE
-    from rissole.errors import DataError
+    from rissole_runtime.errors import DataError
     from rissole.latents import open_latents
     from rissole.retrieval.keys import KeySet
     from rissole.retrieval.neighbours import list_tables, make_tables
@@ -97,7 +97,7 @@ def ensure_digits_latents(pipe: Any, work: Path) -> tuple[Path, np.ndarray, np.n
     """digits32.npy (uint8 (1797, 1, 32, 32)) and its latents under the model's VQ-GAN (encoded once)."""
     from rissole.checkpoint import load_checkpoint
     from rissole.data.digits import load_digits_32
-    from rissole.fileio import atomic_path
+    from rissole_runtime.fileio import atomic_path
     from rissole.heads.rdm_data import resolve_path
     from rissole.latents import encode_images, open_latents
     from rissole.paths import REPO_ROOT, SHIPPED_VQGAN
@@ -170,8 +170,8 @@ def domain_classifier(work: Path, pipe: Any, digits_lat: Path, args: argparse.Na
 
 
 def sample_condition(pipe: Any, name: str, args: argparse.Namespace, work: Path, tag: str) -> tuple[np.ndarray, float | None]:
-    from rissole.fileio import atomic_path
-    from rissole.images import save_grid
+    from rissole_runtime.fileio import atomic_path
+    from rissole_runtime.images import save_grid
 
     stem = f"{name}_n{args.n}_seed{args.seed}_m{args.top_m:g}_s{args.guidance:g}_{args.sampler_name}"
     npy = work / "samples" / tag / f"{stem}.npy"
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     from rissole.checkpoint import load_checkpoint
     from rissole.data.digits import PREPROCESSING
     from rissole.data.fashion_mnist import CLASS_NAMES
-    from rissole.fileio import write_json_atomic
+    from rissole_runtime.fileio import write_json_atomic
     from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
     from rissole.metrics.classifier import predict
 

@@ -51,7 +51,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from benchmarks._machine import machine_info
-    from rissole.fileio import write_json_atomic
+    from rissole_runtime.fileio import write_json_atomic
 
     rows = np.arange(5000, 5064)
     result = {"benchmark": "denoiser_error", "machine": machine_info(), "rows": rows.tolist(),

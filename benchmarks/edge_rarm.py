@@ -51,7 +51,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from benchmarks._machine import machine_info
     from benchmarks.edge import interleaved
-    from rissole.fileio import write_json_atomic
+    from rissole_runtime.fileio import write_json_atomic
     from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
     from rissole.paths import ensure_database_for
     from rissole_export.bundle_writer import ExportOptions, bundle_size, write_bundle

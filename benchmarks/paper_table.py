@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rissole.fileio import atomic_path, write_json_atomic, write_text_atomic
+from rissole_runtime.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "paper"
@@ -138,7 +138,7 @@ def load_pipeline(row: str) -> Any:
 
 def samplers_of(pipe: Any, ddpm: bool) -> list[tuple[str, Any]]:
     """(name, sampler) pairs a row is evaluated with: DDIM-50 (and DDPM-1000); RARM: its one token loop."""
-    from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
+    from rissole_runtime.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
 
     if getattr(pipe, "kind", None) == "rarm":
         return [("ddim50", None)]  # the autoregressive head's only sampler, in the DDIM-50 column
@@ -150,7 +150,7 @@ def sample(pipe: Any, n: int, seed: int, sampler: Any, batch: int) -> tuple[Any,
     """n uint8 images from pseudo-queries (seeded), in batches, and the seconds spent denoising and decoding them."""
     import numpy as np
 
-    from rissole.diffusion.schedule import DDPMSampler
+    from rissole_runtime.diffusion.schedule import DDPMSampler
 
     if getattr(pipe, "kind", None) in HEAD_KINDS:  # RDM / RARM: the pipeline's own batched sampler, same seeds
         kind = "ddpm" if isinstance(sampler, DDPMSampler) else "ddim"

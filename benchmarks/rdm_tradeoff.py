@@ -48,8 +48,8 @@ def run_tag(pipe: Any, ckpt: str) -> str:
 def run_cell(pipe: Any, m: float, s: float, args: argparse.Namespace, cell_dir: Path) -> dict[str, Any]:
     import numpy as np
 
-    from rissole.fileio import atomic_path, write_json_atomic
-    from rissole.images import save_grid
+    from rissole_runtime.fileio import atomic_path, write_json_atomic
+    from rissole_runtime.images import save_grid
     from rissole.metrics import evaluate
 
     name = cell_name(m, s, args.n, args.seed, args.sampler_name)
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from benchmarks._machine import machine_info
-    from rissole.fileio import write_json_atomic
+    from rissole_runtime.fileio import write_json_atomic
     from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
 
     if not (Path(args.ckpt) / "config.yaml").is_file():

@@ -23,12 +23,12 @@ import torch
 from tqdm import tqdm
 
 import rissole
-from rissole.diffusion.schedule import DDIMSampler
-from rissole.errors import DataError
-from rissole.fileio import atomic_dir, atomic_path, sha256_file, write_json_atomic
+from rissole_runtime.diffusion.schedule import DDIMSampler
+from rissole_runtime.errors import DataError
+from rissole_runtime.fileio import atomic_dir, atomic_path, sha256_file, write_json_atomic
 from rissole.retrieval.database import BLOCKS_FILE, MANIFEST_FILE, BlockDatabase, open_database
 from rissole.retrieval.neighbours import open_table, save_table
-from rissole.retrieval.proposal import proposal_from_table
+from rissole_runtime.retrieval.proposal import proposal_from_table
 from rissole_export.fp16 import convert_to_fp16, count_by_precision
 from rissole_export.graphs import DECODER_INPUT, DECODER_OUTPUT, DENOISER_OUTPUT, DecoderGraph
 from rissole_export.onnx_io import MIN_OPSET, export_onnx, fp32_nodes, save_onnx

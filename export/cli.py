@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rissole.errors import run_command
+from rissole_runtime.errors import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rissole.diffusion.schedule import NoiseSchedule
+from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole.models.block_unet import BlockDenoiser
 from rissole.models.layers import CrossAttention
 from rissole.models.rarm_transformer import RARMTransformer

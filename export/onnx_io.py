@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import onnx
 import torch
 
-from rissole.fileio import atomic_path
+from rissole_runtime.fileio import atomic_path
 
 MIN_OPSET = 17
 NORM_OPS = ("LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization")

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from rissole.errors import RissoleError
+from rissole_runtime.errors import RissoleError
 
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}  # fp16: weights and activations between fp32 norm layers rounded to fp16
 

@@ -30,9 +30,9 @@ import numpy as np
 from torch import nn
 
 from rissole.checkpoint import load_checkpoint
-from rissole.diffusion.schedule import NoiseSchedule
-from rissole.errors import CheckpointError
-from rissole.retrieval.blocks import merge_blocks
+from rissole_runtime.diffusion.schedule import NoiseSchedule
+from rissole_runtime.errors import CheckpointError
+from rissole_runtime.retrieval.blocks import merge_blocks
 from rissole.retrieval.database import BlockDatabase, gather_neighbours
 from rissole.retrieval.neighbours import open_table
 from rissole_export.graphs import EpsDenoiserGraph, RDMEpsGraph

@@ -26,8 +26,8 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rissole.errors import CheckpointError
-from rissole.fileio import atomic_dir, sha256_file
+from rissole_runtime.errors import CheckpointError
+from rissole_runtime.fileio import atomic_dir, sha256_file
 
 FORMAT_VERSION = 1
 

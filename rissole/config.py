@@ -11,7 +11,7 @@ from typing import Any, Self
 
 import yaml
 
-from rissole.errors import ConfigError
+from rissole_runtime.errors import ConfigError
 
 
 class _Loader(yaml.SafeLoader):

@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 from rissole.data.transforms import to_model_range
-from rissole.errors import DataError
-from rissole.fileio import atomic_path, write_json_atomic
+from rissole_runtime.errors import DataError
+from rissole_runtime.fileio import atomic_path, write_json_atomic
 
 FORMAT = "rissole-latents"
 FORMAT_VERSION = 1

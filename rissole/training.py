@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rissole.errors import CheckpointError, ConfigError
+from rissole_runtime.errors import CheckpointError, ConfigError
 
 
 def with_defaults(section: dict[str, Any] | None, defaults: dict[str, Any], name: str) -> dict[str, Any]:

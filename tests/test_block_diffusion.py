@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from rissole.diffusion.schedule import DDIMSampler, NoiseSchedule
-from rissole.errors import CheckpointError, ConfigError, DataError
+from rissole_runtime.diffusion.schedule import DDIMSampler, NoiseSchedule
+from rissole_runtime.errors import CheckpointError, ConfigError, DataError
 from rissole.heads.block_batches import BlockBatcher
 from rissole.heads.block_loss import BlockDiffusionLoss
 from rissole.heads.block_sampling import sample_blocks
 from rissole.retrieval.database import gather_neighbours
 from rissole.heads.block_train import BlockDiffusionTrainer, build_model, parameter_counts, train_block_diffusion
 from rissole.retrieval import build_database, open_database
-from rissole.retrieval.blocks import merge_blocks
+from rissole_runtime.retrieval.blocks import merge_blocks
 from rissole.retrieval.keys import KeySet
 from rissole.retrieval.neighbours import make_tables, open_table
 

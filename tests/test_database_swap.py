@@ -12,7 +12,7 @@ import torch
 
 from rissole.data import load_source
 from rissole.data.digits import upscale_digits
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 from rissole.metrics.classifier import accuracy, cached_classifier, predict, train_classifier, training_key
 
 

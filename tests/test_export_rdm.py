@@ -19,8 +19,8 @@ import torch
 
 from neighbour_data import one_thread  # noqa: F401  (autouse)
 from neighbour_data import build_neighbour_data, randomise, rarm_config, rdm_config
-from rissole.diffusion.schedule import NoiseSchedule
-from rissole.errors import DataError
+from rissole_runtime.diffusion.schedule import NoiseSchedule
+from rissole_runtime.errors import DataError
 from rissole_export.bundle_writer import ExportOptions, bundle_size, write_bundle
 from rissole_export.parity import cpu_session
 from rissole_runtime.bundle import CODEBOOK, CONTEXT, DB_DIR, DECODER, DENOISER, MANIFEST, STEP, open_bundle

@@ -13,9 +13,9 @@ import torch
 
 from neighbour_data import one_thread  # noqa: F401  (autouse)
 from neighbour_data import HALF, N_IMAGES, build_neighbour_data, randomise, rdm_config
-from rissole.diffusion.schedule import DDIMSampler, NoiseSchedule, guide
+from rissole_runtime.diffusion.schedule import DDIMSampler, NoiseSchedule, guide
 from rissole.embeddings import open_embedding_database
-from rissole.errors import CheckpointError, ConfigError, DataError
+from rissole_runtime.errors import CheckpointError, ConfigError, DataError
 from rissole.heads.rdm_data import NeighbourBatcher
 from rissole.heads.rdm_sampling import rdm_eps_fn, sample_latents
 from rissole.heads.rdm_train import RDMTrainer, build_model, parameter_counts, train_rdm

@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rissole.errors import DataError, RissoleError
+from rissole_runtime.errors import DataError, RissoleError
 from rissole_runtime.bundle import DB_DIR, DENOISER, MANIFEST, open_bundle
 from rissole_runtime.cli import main as run_main
 from rissole_runtime.sampler import EdgeSampler

@@ -27,7 +27,7 @@ from rissole.config import require
 from rissole.data import load_source, to_model_range
 from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
 from rissole.ema import EMA
-from rissole.errors import CheckpointError
+from rissole_runtime.errors import CheckpointError
 from rissole.training import (
     append_csv,
     batch_indices,

@@ -20,7 +20,7 @@ from torch import nn
 from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer2
 
-from rissole.errors import ConfigError
+from rissole_runtime.errors import ConfigError
 
 
 @dataclass

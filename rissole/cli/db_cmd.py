@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from rissole.errors import ConfigError
+from rissole_runtime.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from rissole.errors import ConfigError
+from rissole_runtime.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +44,7 @@ def _embed(args: argparse.Namespace) -> int:
     import time
 
     from rissole.embeddings import build_embedding_database, make_embedder, write_embeddings
-    from rissole.errors import DataError
+    from rissole_runtime.errors import DataError
     from rissole.latents import open_latents
 
     lat = open_latents(args.latents)

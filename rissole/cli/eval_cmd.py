@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,7 +98,7 @@ def load_samples(samples: str, n: int, size: int | None = None, data_dir: str | 
 def _fid(args: argparse.Namespace) -> int:
     import time
 
-    from rissole.fileio import write_json_atomic
+    from rissole_runtime.fileio import write_json_atomic
     from rissole.metrics import evaluate
 
     if args.n < 2:
@@ -129,7 +129,7 @@ def _grey_samples(samples: str, n: int) -> np.ndarray:
 
 def _seams(args: argparse.Namespace) -> int:
     from rissole.data import load_source
-    from rissole.fileio import write_json_atomic
+    from rissole_runtime.fileio import write_json_atomic
     from rissole.metrics.seams import seam_score
 
     res = seam_score(_grey_samples(args.samples, args.n), load_source(args.ref, limit=args.n).images, args.grid)
@@ -143,7 +143,7 @@ def _seams(args: argparse.Namespace) -> int:
 
 def _copies(args: argparse.Namespace) -> int:
     from rissole.data import load_source
-    from rissole.fileio import write_json_atomic
+    from rissole_runtime.fileio import write_json_atomic
     from rissole.metrics.copies import cached_nearest_distinct_pair, copy_rate
 
     train = load_source(args.train)

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from rissole.errors import run_command
+from rissole_runtime.errors import run_command
 
 # Each module defines register(subparsers) and sets `func` on the parsers it adds.
 COMMAND_MODULES = (

@@ -30,7 +30,7 @@ def _train(args: argparse.Namespace) -> int:
     import importlib
 
     from rissole.config import apply_overrides, load_config
-    from rissole.errors import ConfigError
+    from rissole_runtime.errors import ConfigError
 
     cfg = apply_overrides(load_config(args.config), args.set)
     kind = cfg.pop("kind", "rissole")
@@ -80,7 +80,7 @@ def _sample(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from rissole.cli.sample_files import write_sample_files
-    from rissole.diffusion.schedule import DDIMSampler, DDPMSampler
+    from rissole_runtime.diffusion.schedule import DDIMSampler, DDPMSampler
     from rissole.heads.block_pipeline import RissolePipeline
     from rissole.paths import SHIPPED_RISSOLE, ensure_database_for
 

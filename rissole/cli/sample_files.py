@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from rissole.fileio import atomic_path
-from rissole.images import save_grid
+from rissole_runtime.fileio import atomic_path
+from rissole_runtime.images import save_grid
 
 
 def write_sample_files(args: argparse.Namespace, pipe: Any, out: np.ndarray, ids: np.ndarray | None,

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from rissole.data.transforms import pad_to
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 
 CONTENT = 28  # Fashion-MNIST's image size before padding
 SIZE = 32

@@ -24,8 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from rissole.embeddings.base import Embedder, EmbeddingSpec
-from rissole.errors import DataError
-from rissole.fileio import atomic_path, write_json_atomic
+from rissole_runtime.errors import DataError
+from rissole_runtime.fileio import atomic_path, write_json_atomic
 from rissole.latents import FORMAT as LATENTS_FORMAT, FORMAT_VERSION as LATENTS_VERSION, Latents, open_latents
 from rissole.retrieval.database import BlockDatabase, build_database, open_database
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from einops import rearrange
 
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 from rissole.retrieval.database import gather_neighbours
 from rissole.models.block_unet import BlockDenoiserConfig
-from rissole.retrieval.blocks import merge_blocks, split_blocks
+from rissole_runtime.retrieval.blocks import merge_blocks, split_blocks
 from rissole.retrieval.database import BlockDatabase
 from rissole.retrieval.neighbours import NeighbourTable
 

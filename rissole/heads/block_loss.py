@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from rissole.diffusion.schedule import NoiseSchedule
+from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole.diffusion.training import ForwardNoising
 from rissole.heads.block_batches import BlockBatch
 from rissole.models.block_unet import BlockDenoiser

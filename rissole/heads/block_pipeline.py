@@ -19,18 +19,18 @@ import numpy as np
 import torch
 
 from rissole.checkpoint import load_checkpoint
-from rissole.errors import CheckpointError
-from rissole.diffusion.schedule import AffineSampler, NoiseSchedule
+from rissole_runtime.errors import CheckpointError
+from rissole_runtime.diffusion.schedule import AffineSampler, NoiseSchedule
 from rissole.heads.block_batches import check_pairing
 from rissole.heads.block_sampling import sample_blocks
 from rissole.retrieval.database import gather_neighbours
 from rissole.heads.block_train import KIND, build_model
 from rissole.paths import REPO_ROOT, SHIPPED_VQGAN
 from rissole.retrieval import open_database
-from rissole.retrieval.blocks import merge_blocks
+from rissole_runtime.retrieval.blocks import merge_blocks
 from rissole.retrieval.database import BlockDatabase
 from rissole.retrieval.neighbours import open_table
-from rissole.retrieval.proposal import PseudoQuerySampler, proposal_from_table
+from rissole_runtime.retrieval.proposal import PseudoQuerySampler, proposal_from_table
 
 
 def _resolve(path: str, base: Path) -> Path:

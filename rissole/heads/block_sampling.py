@@ -18,10 +18,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from rissole.diffusion.loop import denoise
-from rissole.diffusion.schedule import AffineSampler, NoiseSchedule
+from rissole_runtime.diffusion.loop import denoise
+from rissole_runtime.diffusion.schedule import AffineSampler, NoiseSchedule
 from rissole.models.block_unet import BlockDenoiser
-from rissole.retrieval.blocks import merge_blocks
+from rissole_runtime.retrieval.blocks import merge_blocks
 
 
 def _eps_fn(model: BlockDenoiser, schedule: NoiseSchedule, neighbours: torch.Tensor | None,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from rissole.checkpoint import Checkpoint
-from rissole.diffusion.schedule import NoiseSchedule
+from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole.heads.block_batches import BlockBatcher, check_pairing, latent_std
 from rissole.heads.block_loss import BlockDiffusionLoss
 from rissole.heads.trainer import COMMON_DEFAULTS, HeadTrainer, train_head

@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from rissole.diffusion.schedule import guide
-from rissole.heads.rarm_pick import pick_from_uniform
+from rissole_runtime.diffusion.schedule import guide
+from rissole_runtime.rarm_pick import pick_from_uniform
 from rissole.models.rarm_transformer import RARMTransformer
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 from rissole.heads.rarm_codes import code_indices, vqgan_codebook
 from rissole.heads.rdm_data import resolve_path
 from rissole.heads.rdm_train import NeighbourHeadTrainer

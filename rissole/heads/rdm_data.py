@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from rissole.embeddings.base import EmbeddingSpec
 from rissole.embeddings.store import KEY_MODE, EmbeddingDatabase, open_embeddings
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 from rissole.latents import Latents, open_latents
 from rissole.retrieval.neighbours import NeighbourTable
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from rissole.diffusion.schedule import NoiseSchedule
+from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole.diffusion.training import ForwardNoising
 from rissole.models.rdm_unet import RDMUNet
 

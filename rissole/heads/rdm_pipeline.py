@@ -21,14 +21,14 @@ import numpy as np
 import torch
 
 from rissole.checkpoint import load_checkpoint
-from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
+from rissole_runtime.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
 from rissole.embeddings.base import EmbeddingSpec
 from rissole.embeddings.store import KEY_MODE, EmbeddingDatabase, open_embedding_database
-from rissole.errors import CheckpointError, DataError
+from rissole_runtime.errors import CheckpointError, DataError
 from rissole.heads.rdm_data import resolve_path
 from rissole.paths import REPO_ROOT, SHIPPED_VQGAN
 from rissole.retrieval.neighbours import list_tables, open_table
-from rissole.retrieval.proposal import PseudoQuerySampler, proposal_from_table
+from rissole_runtime.retrieval.proposal import PseudoQuerySampler, proposal_from_table
 
 KINDS = ("rdm", "rarm")
 

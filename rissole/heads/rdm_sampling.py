@@ -1,4 +1,4 @@
-"""RDM sampling: noise for the whole latent -> the shared reverse-diffusion loop (rissole.diffusion.loop)
+"""RDM sampling: noise for the whole latent -> the shared reverse-diffusion loop (rissole_runtime.diffusion.loop)
 -> scaled latent. Classifier-free guidance doubles the batch with all-zero neighbour embeddings (seed
 000, App. D.2), one network call per step."""
 
@@ -9,8 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from rissole.diffusion.loop import denoise
-from rissole.diffusion.schedule import AffineSampler, NoiseSchedule
+from rissole_runtime.diffusion.loop import denoise
+from rissole_runtime.diffusion.schedule import AffineSampler, NoiseSchedule
 from rissole.models.rdm_unet import RDMUNet
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from rissole.checkpoint import Checkpoint
-from rissole.diffusion.schedule import NoiseSchedule
+from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole.embeddings.store import EmbeddingDatabase, open_embedding_database
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 from rissole.heads.rdm_data import NeighbourBatcher, latents_std
 from rissole.heads.rdm_loss import RDMLoss
 from rissole.heads.trainer import COMMON_DEFAULTS, HeadTrainer, train_head

@@ -31,7 +31,7 @@ from rissole.checkpoint import Checkpoint, flatten_optimizer, load_checkpoint, r
 from rissole.config import require
 from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
 from rissole.ema import EMA
-from rissole.errors import CheckpointError, ConfigError
+from rissole_runtime.errors import CheckpointError, ConfigError
 from rissole.models.params import format_counts
 from rissole.training import (
     append_csv,

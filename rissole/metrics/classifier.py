@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rissole.errors import DataError
-from rissole.fileio import atomic_path, write_json_atomic
+from rissole_runtime.errors import DataError
+from rissole_runtime.fileio import atomic_path, write_json_atomic
 
 
 class SmallCNN(nn.Module):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rissole.config import ModelConfig
-from rissole.errors import ConfigError
+from rissole_runtime.errors import ConfigError
 from rissole.models.layers import Downsample, ResBlock, SelfAttention, Upsample, group_norm, timestep_embedding
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rissole.errors import ConfigError
+from rissole_runtime.errors import ConfigError
 from rissole.models.layers import CrossAttention, FeedForward
 from rissole.models.neighbour_context import NeighbourContext
 from rissole.models.rdm_unet import NeighbourConditioning

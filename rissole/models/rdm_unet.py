@@ -20,7 +20,7 @@ from torch import nn
 
 from rissole.config import ModelConfig
 from rissole.embeddings.base import EmbeddingSpec
-from rissole.errors import ConfigError
+from rissole_runtime.errors import ConfigError
 from rissole.models.layers import Downsample, ResBlock, SpatialTransformer, Upsample, group_norm, timestep_embedding
 from rissole.models.neighbour_context import NeighbourContext
 

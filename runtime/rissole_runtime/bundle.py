@@ -35,11 +35,11 @@ from typing import Any
 
 import numpy as np
 
-from rissole.diffusion.schedule import NoiseSchedule
-from rissole.errors import DataError
-from rissole.fileio import sha256_file
-from rissole.retrieval.database import BlockDatabase, open_database
-from rissole.retrieval.neighbours import open_table
+from rissole_runtime.diffusion.schedule import NoiseSchedule
+from rissole_runtime.errors import DataError
+from rissole_runtime.fileio import sha256_file
+from rissole_runtime.retrieval.database import BlockDatabase, open_database
+from rissole_runtime.retrieval.tables import open_table
 
 FORMAT = "rissole-edge-bundle"
 FORMAT_VERSION = 1

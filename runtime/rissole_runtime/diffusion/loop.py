@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-from rissole.diffusion.schedule import AffineSampler, guide
+from rissole_runtime.diffusion.schedule import AffineSampler, guide
 
 Array = TypeVar("Array")
 

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
+from rissole_runtime.progress import progress_bar
 
 
 def _umask() -> int:
@@ -79,17 +79,15 @@ def write_json_atomic(dest: str | os.PathLike, obj: Any) -> None:
 
 
 def write_yaml_atomic(dest: str | os.PathLike, obj: Any) -> None:
+    import yaml  # the training package's dependency; the runtime writes no YAML
+
     write_text_atomic(dest, yaml.safe_dump(obj, sort_keys=False))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22, progress: bool = False) -> str:
     """Hex SHA-256 of a file's bytes, read in chunks (works on files larger than RAM)."""
-    from tqdm import tqdm
-
     h = hashlib.sha256()
-    with open(path, "rb") as f, tqdm(
-        total=os.path.getsize(path), unit="B", unit_scale=True, desc="sha256", disable=not progress
-    ) as bar:
+    with open(path, "rb") as f, progress_bar(os.path.getsize(path), "sha256", "B", not progress, unit_scale=True) as bar:
         while block := f.read(chunk):
             h.update(block)
             bar.update(len(block))

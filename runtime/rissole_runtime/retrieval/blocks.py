@@ -7,11 +7,14 @@ ordering.
 
 from __future__ import annotations
 
-from typing import TypeVar
-
-from einops import rearrange
+from typing import Any, TypeVar
 
 Array = TypeVar("Array")
+
+
+def _permute(x: Any, axes: tuple[int, ...]) -> Any:
+    """Axes permuted, for a numpy array (transpose) or a torch tensor (permute)."""
+    return x.permute(*axes) if hasattr(x, "permute") else x.transpose(axes)
 
 
 def check_grid(height: int, width: int, grid: int) -> None:
@@ -22,11 +25,15 @@ def check_grid(height: int, width: int, grid: int) -> None:
 def split_blocks(z: Array, grid: int) -> Array:
     """(n, c, h, w) -> (n, b, c, h/g, w/g) with b = g*g."""
     check_grid(z.shape[-2], z.shape[-1], grid)
-    return rearrange(z, "n c (g1 h) (g2 w) -> n (g1 g2) c h w", g1=grid, g2=grid)
+    n, c, h, w = z.shape
+    tiles = _permute(z.reshape(n, c, grid, h // grid, grid, w // grid), (0, 2, 4, 1, 3, 5))
+    return tiles.reshape(n, grid * grid, c, h // grid, w // grid)
 
 
 def merge_blocks(blocks: Array, grid: int) -> Array:
     """(n, b, c, h/g, w/g) -> (n, c, h, w); the inverse of split_blocks."""
     if blocks.shape[1] != grid * grid:
         raise ValueError(f"expected {grid * grid} blocks for grid {grid}, found {blocks.shape[1]}")
-    return rearrange(blocks, "n (g1 g2) c h w -> n c (g1 h) (g2 w)", g1=grid, g2=grid)
+    n, _, c, h, w = blocks.shape
+    tiles = _permute(blocks.reshape(n, grid, grid, c, h, w), (0, 3, 1, 4, 2, 5))
+    return tiles.reshape(n, c, grid * h, grid * w)

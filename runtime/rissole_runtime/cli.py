@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from rissole.errors import ConfigError, run_command
+from rissole_runtime.errors import ConfigError, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,10 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    from tqdm import tqdm
-
-    from rissole.fileio import atomic_path
-    from rissole.images import save_grid
+    from rissole_runtime.fileio import atomic_path
+    from rissole_runtime.images import save_grid
+    from rissole_runtime.progress import progress_bar
     from rissole_runtime.bundle import open_bundle
     from rissole_runtime.sampler import open_sampler
     from rissole_runtime.session import default_threads
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         temperature = recorded["temperature"] if args.temperature is None else args.temperature
         steps = int(recorded["num_steps"])
         what = f"RARM, {steps} codes, top-k {top_k}, temperature {temperature}"
-        with tqdm(total=steps * chunks, desc="codes", unit="pos", disable=args.quiet) as bar:
+        with progress_bar(steps * chunks, "codes", "pos", args.quiet) as bar:
             images, _ = edge.generate(args.n, args.seed, top_m, guidance, top_k, temperature,
                                       progress=lambda i: bar.update(1))
     else:
@@ -72,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                              "are for RARM bundles. Use --steps / --eta.")
         steps = args.steps or int(recorded["num_steps"])
         what = f"DDIM-{steps}"
-        with tqdm(total=steps * chunks, desc="denoise", unit="step", disable=args.quiet) as bar:
+        with progress_bar(steps * chunks, "denoise", "step", args.quiet) as bar:
             images, _ = edge.generate(args.n, steps, args.seed, top_m, guidance, args.eta,
                                       progress=lambda i: bar.update(1))
     save_grid(images, args.out)

@@ -21,12 +21,12 @@ from typing import Callable
 
 import numpy as np
 
-from rissole.diffusion.loop import denoise
-from rissole.diffusion.schedule import DDIMSampler
-from rissole.errors import RissoleError
-from rissole.retrieval.blocks import merge_blocks
-from rissole.retrieval.database import gather_neighbours
-from rissole.retrieval.proposal import PseudoQuerySampler
+from rissole_runtime.diffusion.loop import denoise
+from rissole_runtime.diffusion.schedule import DDIMSampler
+from rissole_runtime.errors import RissoleError
+from rissole_runtime.retrieval.blocks import merge_blocks
+from rissole_runtime.retrieval.database import gather_neighbours
+from rissole_runtime.retrieval.proposal import PseudoQuerySampler
 from rissole_runtime.bundle import DECODER, DENOISER, DIFFUSION_KINDS, EMBEDDING_KINDS, Bundle
 from rissole_runtime.session import check_inputs, open_session, providers_for, used_provider
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from rissole.errors import DataError, RissoleError
+from rissole_runtime.errors import DataError, RissoleError
 
 ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ALIASES = {"auto": None, "tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",

@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from rissole.diffusion.schedule import guide
-from rissole.heads.rarm_pick import log_softmax, pick_from_uniform
+from rissole_runtime.diffusion.schedule import guide
+from rissole_runtime.rarm_pick import log_softmax, pick_from_uniform
 from rissole_runtime.bundle import CODEBOOK, CONTEXT, STEP, Bundle
 from rissole_runtime.sampler import BundleSampler
 
