@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from rissole_runtime.diffusion.guidance import doubled, with_zeros
 from rissole.checkpoint import load_checkpoint
 from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole_runtime.errors import CheckpointError
@@ -156,14 +157,14 @@ def real_denoiser_inputs(src: ExportSource, n: int, seed: int) -> dict[str, np.n
     t = rng.integers(0, src.schedule.num_timesteps, size=len(x0))
     a, s = (v.astype(np.float32)[:, None, None, None] for v in src.schedule.noise_coefficients(t))
     xt = a * x0 + s * rng.standard_normal(x0.shape).astype(np.float32)
-    feeds = {"x": np.concatenate([xt, xt]).astype(np.float32), "t": np.concatenate([t, t]).astype(np.int64)}
+    feeds = {"x": doubled(xt).astype(np.float32), "t": doubled(t).astype(np.int64)}
     if src.retrieval:
         ids = np.asarray(open_table(src.db, TABLE).ids[rows])
         if src.kind == "rdm":
             nb = src.pipe.edb.embeddings(ids[:, : src.k])
         else:
             nb = gather_neighbours(src.db, ids, src.k).reshape(len(x0), src.k, *src.db.block_shape) * scale
-        feeds["neighbours"] = np.concatenate([nb, np.zeros_like(nb)]).astype(np.float32)
+        feeds["neighbours"] = with_zeros(nb).astype(np.float32)
     if src.model["position"]:
         feeds["position"] = np.tile(np.arange(src.model["num_blocks"], dtype=np.int64), 2 * n)
     return feeds

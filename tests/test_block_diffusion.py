@@ -48,7 +48,7 @@ def dbs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def tiny_config(db: Path, **model: Any) -> dict[str, Any]:
     m = {"latent_channels": 10, "latent_size": 8, "grid": 2, "k": 4, "model_channels": 32, "channel_mult": [1, 2],
-         "num_res_blocks": 1, "attention": True, "num_heads": 2, **model}
+         "num_res_blocks": 1, "attention": True, "num_heads": 2, "prediction": "eps", **model}
     return {
         "model": m,
         "data": {"db": str(db), "table": "train"},
@@ -224,7 +224,7 @@ def test_v_prediction_is_turned_into_the_true_eps() -> None:
         class Oracle(torch.nn.Module):
             config = build_model({**tiny_config(Path("."))["model"], "prediction": "v"}).config
 
-            def forward(self, x, tt, *rest):  # noqa: ANN001
+            def forward(self, x, tt, *rest, **feeds):  # noqa: ANN001
                 return a * eps - s * x0  # the exact v the loss trains towards
 
         out = _eps_fn(Oracle(), sched, None, None, None)(xt, torch.full((6,), t), False)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import torch
 
+from rissole_runtime.diffusion.guidance import eps_function
 from rissole_runtime.diffusion.loop import denoise
 from rissole_runtime.diffusion.schedule import AffineSampler, NoiseSchedule
 from rissole.models.block_unet import BlockDenoiser
@@ -26,30 +26,10 @@ from rissole_runtime.retrieval.blocks import merge_blocks
 
 def _eps_fn(model: BlockDenoiser, schedule: NoiseSchedule, neighbours: torch.Tensor | None,
             position: torch.Tensor | None, previous: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor, bool], object]:
-    """eps(x, t, guided) for a fixed conditioning; guided doubles the batch with zero neighbours.
-
-    A v-predicting model's output is turned into eps here (eps = sqrt(1 - ab) x + sqrt(ab) v), so
-    the samplers only ever see eps."""
-    ab = schedule.alphas_cumprod
-
-    def twice(v: torch.Tensor | None) -> torch.Tensor | None:
-        return None if v is None else torch.cat([v, v])
-
-    def as_eps(out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if model.config.prediction == "eps":
-            return out
-        a = float(np.sqrt(ab[int(t[0])]))
-        return float(np.sqrt(1.0 - a * a)) * x + a * out
-
-    zero_neighbours = None if neighbours is None else torch.cat([neighbours, torch.zeros_like(neighbours)])
-
-    def eps(x: torch.Tensor, t: torch.Tensor, guided: bool):
-        if not guided:
-            return as_eps(model(x, t, neighbours, position, previous), x, t)
-        out = model(twice(x), twice(t), zero_neighbours, twice(position), twice(previous))
-        return tuple(as_eps(o, x, t) for o in out.chunk(2))
-
-    return eps
+    """eps(x, t, guided) for a fixed conditioning (rissole_runtime.diffusion.guidance: the output turned
+    into eps, guidance as one call with zero neighbours)."""
+    feeds = {"neighbours": neighbours, "position": position, "previous": previous}
+    return eps_function(model, model.config.prediction, schedule, feeds, conditioning=("neighbours",))
 
 
 @torch.no_grad()

@@ -56,7 +56,10 @@ class BlockDiffusionTrainer(HeadTrainer):
     defaults = TRAIN_DEFAULTS
 
     def build_model(self) -> BlockDenoiser:
-        return build_model(self.config["model"])
+        model = build_model(self.config["model"])
+        # saved explicitly, so the checkpoint keeps sampling the same if the default changes again
+        self.config["model"].setdefault("prediction", model.config.prediction)
+        return model
 
     def count_parameters(self) -> dict[str, int]:
         return parameter_counts(self.model)

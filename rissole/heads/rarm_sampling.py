@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from rissole_runtime.diffusion.schedule import guide
+from rissole_runtime.diffusion.guidance import doubled, guide, halves, with_zeros
 from rissole_runtime.rarm_pick import pick_from_uniform
 from rissole.models.rarm_transformer import RARMTransformer
 
@@ -36,7 +36,7 @@ def sample_codes(model: RARMTransformer, neighbours: torch.Tensor, generator: to
     guided = guidance != 1.0
     nb = neighbours.to(dev)
     if guided:
-        nb = torch.cat([nb, torch.zeros_like(nb)])
+        nb = with_zeros(nb)
     kv = model.new_cache(nb) if cache else None
     inputs = torch.full((nb.shape[0], 1), model.start_token, dtype=torch.long, device=dev)
     for pos in range(L):
@@ -46,11 +46,10 @@ def sample_codes(model: RARMTransformer, neighbours: torch.Tensor, generator: to
             logits = model(inputs, nb)[:, -1]
         logp = torch.log_softmax(logits.float(), dim=-1)
         if guided:
-            cond, uncond = logp.chunk(2)
-            logp = guide(cond, uncond, guidance)
+            logp = guide(*halves(logp), guidance)
         token = pick(logp, generator, top_k, temperature)
         if guided:
-            token = torch.cat([token, token])
+            token = doubled(token)
         inputs = torch.cat([inputs, token[:, None]], dim=1)
         if progress is not None:
             progress(pos)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import torch
 
+from rissole_runtime.diffusion.guidance import eps_function
 from rissole_runtime.diffusion.loop import denoise
 from rissole_runtime.diffusion.schedule import AffineSampler, NoiseSchedule
 from rissole.models.rdm_unet import RDMUNet
@@ -16,23 +16,8 @@ from rissole.models.rdm_unet import RDMUNet
 
 def rdm_eps_fn(model: RDMUNet, schedule: NoiseSchedule,
                neighbours: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, bool], object]:
-    """eps(x, t, guided) for fixed neighbours (n, k, d); a v-predicting model's output is turned into eps."""
-    ab = schedule.alphas_cumprod
-    both = torch.cat([neighbours, torch.zeros_like(neighbours)])
-
-    def as_eps(out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if model.config.prediction == "eps":
-            return out
-        a = float(np.sqrt(ab[int(t[0])]))
-        return float(np.sqrt(1.0 - a * a)) * x + a * out
-
-    def eps(x: torch.Tensor, t: torch.Tensor, guided: bool):
-        if not guided:
-            return as_eps(model(x, t, neighbours), x, t)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), both)
-        return tuple(as_eps(o, x, t) for o in out.chunk(2))
-
-    return eps
+    """eps(x, t, guided) for fixed neighbours (n, k, d) (rissole_runtime.diffusion.guidance)."""
+    return eps_function(model, model.config.prediction, schedule, {"neighbours": neighbours})
 
 
 @torch.no_grad()

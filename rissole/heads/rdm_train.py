@@ -60,7 +60,10 @@ class RDMTrainer(NeighbourHeadTrainer):
     defaults = COMMON_DEFAULTS
 
     def build_model(self) -> RDMUNet:
-        return build_model(self.config["model"])
+        model = build_model(self.config["model"])
+        # saved explicitly, so the checkpoint keeps sampling the same if the default changes again
+        self.config["model"].setdefault("prediction", model.config.prediction)
+        return model
 
     def count_parameters(self) -> dict[str, int]:
         return parameter_counts(self.model)

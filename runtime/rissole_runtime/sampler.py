@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from rissole_runtime.diffusion.guidance import eps_function
 from rissole_runtime.diffusion.loop import denoise
 from rissole_runtime.diffusion.schedule import DDIMSampler
 from rissole_runtime.errors import RissoleError
@@ -106,23 +107,20 @@ class EdgeSampler(BundleSampler):
         return np.random.default_rng(seed).standard_normal((n, self.bundle.num_blocks, c, s, s), dtype=np.float32)
 
     def _eps_fn(self, neighbours: np.ndarray | None, n: int) -> Callable[[np.ndarray, np.ndarray, bool], object]:
-        """eps(x, t, guided) over the ONNX denoiser; guided doubles the batch with zero neighbours (one call)."""
+        """eps(x, t, guided) over the ONNX denoiser (which returns eps whatever the model predicts); guided
+        doubles the batch with zero neighbours in one call (rissole_runtime.diffusion.guidance)."""
         b = self.bundle.num_blocks
-        cond = None if neighbours is None else neighbours.reshape(n * b, *neighbours.shape[2:])
-        cond2 = None if cond is None else np.concatenate([cond, np.zeros_like(cond)])
-        pos = np.tile(np.arange(b, dtype=np.int64), n) if self.bundle.position else None
+        feeds = {}
+        if neighbours is not None:
+            feeds["neighbours"] = neighbours.reshape(n * b, *neighbours.shape[2:])
+        if self.bundle.position:
+            feeds["position"] = np.tile(np.arange(b, dtype=np.int64), n)
 
-        def eps(x: np.ndarray, t: np.ndarray, guided: bool):
-            feed = {"x": np.concatenate([x, x]) if guided else x, "t": np.concatenate([t, t]) if guided else t}
-            if cond is not None:
-                feed["neighbours"] = cond2 if guided else cond
-            if pos is not None:
-                feed["position"] = np.concatenate([pos, pos]) if guided else pos
-            out = self.denoiser.run(None, feed)[0]
+        def network(x: np.ndarray, t: np.ndarray, **cond: np.ndarray) -> np.ndarray:
             self.timings.network_calls += 1
-            return (out[: len(x)], out[len(x):]) if guided else out
+            return self.denoiser.run(None, {"x": x, "t": t, **cond})[0]
 
-        return eps
+        return eps_function(network, "eps", self.bundle.schedule, feeds, conditioning=("neighbours",))
 
     def sample_latents(self, neighbours: np.ndarray | None, x_T: np.ndarray, sampler: DDIMSampler,
                        guidance: float = 1.0, seed: int = 0, progress: Callable[[int], None] | None = None) -> np.ndarray:

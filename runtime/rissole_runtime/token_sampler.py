@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from rissole_runtime.diffusion.schedule import guide
+from rissole_runtime.diffusion.guidance import doubled, guide, halves, with_zeros
 from rissole_runtime.rarm_pick import log_softmax, pick_from_uniform
 from rissole_runtime.bundle import CODEBOOK, CONTEXT, STEP, Bundle
 from rissole_runtime.sampler import BundleSampler
@@ -78,7 +78,7 @@ class TokenEdgeSampler(BundleSampler):
                progress: Callable[[int], None] | None) -> np.ndarray:
         t0 = time.perf_counter()
         n, guided = len(nb), guidance != 1.0
-        nb = np.ascontiguousarray(np.concatenate([nb, np.zeros_like(nb)]) if guided else nb, dtype=np.float32)
+        nb = np.ascontiguousarray(with_zeros(nb) if guided else nb, dtype=np.float32)
         cross = context_feeds(self.context, nb)
         cache = KVCache(self.bundle.model, len(nb))
         token = np.full(len(nb), self.start_token, dtype=np.int64)
@@ -89,9 +89,9 @@ class TokenEdgeSampler(BundleSampler):
             cache.write(kv_new, pos)  # the cache is the runtime's: one slot written per position
             logp = log_softmax(logits)
             if guided:
-                logp = guide(logp[:n], logp[n:], guidance)
+                logp = guide(*halves(logp), guidance)
             codes[:, pos] = pick_from_uniform(logp, uniform(n), top_k, temperature)
-            token = np.concatenate([codes[:, pos], codes[:, pos]]) if guided else codes[:, pos]
+            token = doubled(codes[:, pos]) if guided else codes[:, pos]
             if progress is not None:
                 progress(pos)
         self.timings.network_calls += 1 + self.seq_len

@@ -1,16 +1,25 @@
 """The reverse-diffusion loop: a sampler that steps, a function that predicts eps.
 
-Shared by every diffusion head (RISSOLE blocks, RDM latents) and by the torch-free runtime:
-the loop only uses `+`, `*` and a noise source, so `x` may be a torch tensor or a numpy array.
+The one loop of every diffusion head (RISSOLE blocks, RDM latents) and of the torch-free runtime:
+it only uses `+`, `*` and a noise source, so `x` may be a torch tensor or a numpy array.
 Classifier-free guidance evaluates the conditional and the zero-conditioned prediction in ONE
-network call (the batch doubled), as a device would.
+network call (the batch doubled, rissole_runtime.diffusion.guidance), as a device would.
+
+The sampler interface (Sampler below) lets a sampler keep state between its steps, as multistep
+solvers do (DPM-Solver++ 2M, UniPC: the previous steps' model outputs): the loop calls
+sampler.reset() once before step 0, then sampler.step(x, eps, i, noise) for i = 0, 1, ... in order,
+always with the model output already converted to eps (rissole_runtime.diffusion.prediction; a
+solver that works in x0 gets it as (x - sqrt(1 - ab) eps) / sqrt(ab)). Noise is drawn only for the
+steps where sampler.needs_noise(i), so deterministic samplers consume no random numbers.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
-from rissole_runtime.diffusion.schedule import AffineSampler, guide
+import numpy as np
+
+from rissole_runtime.diffusion.schedule import guide
 
 Array = TypeVar("Array")
 
@@ -18,9 +27,21 @@ Array = TypeVar("Array")
 EpsFn = Callable[[Any, Any, bool], Any]
 
 
+class Sampler(Protocol):
+    """What the loop needs of a sampler (DDIM, DDPM, or a multistep solver with state)."""
+
+    timesteps: np.ndarray  # int64, noisiest first
+
+    def reset(self) -> None: ...
+
+    def needs_noise(self, i: int) -> bool: ...
+
+    def step(self, x: Any, eps: Any, i: int, noise: Any | None = None) -> Any: ...
+
+
 def denoise(
     eps_fn: EpsFn,
-    sampler: AffineSampler,
+    sampler: Sampler,
     x: Array,
     noise_fn: Callable[[tuple[int, ...]], Array],
     timestep_fn: Callable[[int, int], Any],
@@ -33,6 +54,7 @@ def denoise(
     draws standard normal noise (seeded by the caller) for stochastic steps.
     """
     guided = guidance != 1.0
+    sampler.reset()
     for i, t in enumerate(sampler.timesteps):
         tt = timestep_fn(int(t), x.shape[0])
         if guided:
@@ -40,8 +62,7 @@ def denoise(
             eps = guide(eps_c, eps_u, guidance)
         else:
             eps = eps_fn(x, tt, False)
-        sigma = sampler.coefficients(i)[2]
-        x = sampler.step(x, eps, i, noise_fn(tuple(x.shape)) if sigma > 0 else None)
+        x = sampler.step(x, eps, i, noise_fn(tuple(x.shape)) if sampler.needs_noise(i) else None)
         if progress is not None:
             progress(i)
     return x

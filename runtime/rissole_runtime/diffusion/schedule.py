@@ -62,12 +62,23 @@ def guide(eps_cond: Array, eps_uncond: Array, scale: float) -> Array:
 
 
 class AffineSampler:
-    """A sampler whose every step is x_prev = a * x_t + b * eps + sigma * z, given coefficients(i)."""
+    """A sampler whose every step is x_prev = a * x_t + b * eps + sigma * z, given coefficients(i).
+
+    The denoise loop's sampler interface (rissole_runtime.diffusion.loop): `timesteps`, reset(),
+    needs_noise(i), step(x, eps, i, noise). These samplers keep no state between steps, so reset()
+    does nothing; a multistep solver overrides it."""
 
     timesteps: np.ndarray
 
     def __len__(self) -> int:
         return len(self.timesteps)
+
+    def reset(self) -> None:
+        """Forget what earlier steps left behind; the loop calls this before step 0."""
+
+    def needs_noise(self, i: int) -> bool:
+        """Whether step i adds fresh noise (the loop draws it only then)."""
+        return self.coefficients(i)[2] > 0.0
 
     def coefficients(self, i: int) -> tuple[float, float, float]:
         raise NotImplementedError
