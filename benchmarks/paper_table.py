@@ -1,7 +1,7 @@
 """RISSOLE's Table 1 re-measured on Fashion-MNIST 32 x 32: the ablations, the LDM baseline, grids and k.
 
 Every RISSOLE row is the same config (configs/rissole/fmnist_g2.yaml) with the same optimizer
-steps, batch size and learning rate; rows differ only by the flags in ROWS. The seed-000 heads
+steps, batch size and learning rate; rows differ only by the flags in ROWS. The RDM paper's heads
 (RDM, RARM) train from their own configs with the same steps, batch size and learning rate on
 half of the training split (the other half is their database, as in the paper). Four stages, each
 resumable, so the table can be built over several sessions:
@@ -123,7 +123,7 @@ def train(rows: list[str]) -> None:
 
 
 def load_pipeline(row: str) -> Any:
-    """The row's trained pipeline (RISSOLE's or a seed-000 head's), or None before training ends."""
+    """The row's trained pipeline (RISSOLE's, RDM's or RARM's), or None before training ends."""
     ckpt = run_dir(row) / "final"
     if not (ckpt / "config.yaml").is_file():
         return None

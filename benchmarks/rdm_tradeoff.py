@@ -1,6 +1,6 @@
-"""Top-m x guidance trade-off of an RDM or RARM head (seed 000, Fig. 13) on Fashion-MNIST 32 x 32.
+"""Top-m x guidance trade-off of an RDM or RARM head (RDM paper, Fig. 13) on Fashion-MNIST 32 x 32.
 
-For every top-m fraction m (pseudo-queries drawn from the top m of p_D, seed 000 Eq. 7) and guidance
+For every top-m fraction m (pseudo-queries drawn from the top m of p_D, RDM paper Eq. 7) and guidance
 scale s (classifier-free, against all-zero neighbour embeddings): N samples (DDIM-50 for RDM; RARM's
 token loop) -> FID, KID and improved precision / recall (k-NN balls, k = 3, on Inception pool
 features) against the first N images of the Fashion-MNIST test split. Every cell uses the same

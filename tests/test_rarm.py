@@ -1,5 +1,5 @@
 """RARM: causal cross-attending transformer for any k, KV-cached sampling identical to recomputation,
-guidance on log-probabilities (seed 000, Eq. 8), code indices equal the VQ-GAN's, loss falls, resume, CLI."""
+guidance on log-probabilities (RDM paper, Eq. 8), code indices equal the VQ-GAN's, loss falls, resume, CLI."""
 
 from __future__ import annotations
 

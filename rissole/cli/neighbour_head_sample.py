@@ -1,4 +1,4 @@
-"""`rissole sample --ckpt <rdm or rarm checkpoint>`: the seed-000 heads (called from rissole_cmd._sample)."""
+"""`rissole sample --ckpt <rdm or rarm checkpoint>`: the RDM paper's heads (RDM, RARM) (called from rissole_cmd._sample)."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
                    help="all blocks in one call per step (default) or one block position at a time")
     s.add_argument("--db", "--database", dest="db", default=None,
                    help="database (default: the one recorded in the checkpoint); for RDM / RARM another embedding "
-                        "database of the same embedding swaps the database (seed 000, Sec. 4.3)")
+                        "database of the same embedding swaps the database (RDM paper, Sec. 4.3)")
     s.add_argument("-k", type=int, default=None, help="RDM / RARM: neighbours per sample (default: the model's k_train)")
     s.add_argument("--top-k", type=int, default=0, help="RARM: sample among the k most likely codes (0: all)")
     s.add_argument("--temperature", type=float, default=1.0, help="RARM: softmax temperature")

@@ -1,5 +1,5 @@
 """RARM sampling: code indices one position at a time, raster order, with top-k and temperature, and
-classifier-free guidance on the log-probabilities against all-zero neighbour embeddings (seed 000,
+classifier-free guidance on the log-probabilities against all-zero neighbour embeddings (RDM paper,
 App. D.2, Eq. 8): log p = log p(.|0) + s (log p(.|y) - log p(.|0)), the same `guide` as diffusion.
 
 With `cache=True` (default) each position is one `step` over a key-value cache; `cache=False`

@@ -1,4 +1,4 @@
-"""Training RARM (seed 000, Sec. 3.2.2): the code-index transformer with cross-attention to neighbour
+"""Training RARM (RDM paper, Sec. 3.2.2): the code-index transformer with cross-attention to neighbour
 embeddings, on the shared head trainer (rissole.heads.trainer).
 
 Data: an embedding database and its `train` table, as for RDM; the training latents are turned into

@@ -1,4 +1,4 @@
-"""Training data of the seed-000 heads (RDM and RARM): training latents and their neighbours' embeddings.
+"""Training data of the RDM paper's heads (RDM and RARM): training latents and their neighbours' embeddings.
 
 The neighbour table says which database rows are the k neighbours of each training row; the
 embedding database holds their vectors. Where the training latents come from follows from the table:

@@ -1,4 +1,4 @@
-"""RDM's training loss (seed 000, Eq. 3): eps- (or v-) prediction on the whole latent, one timestep per
+"""RDM's training loss (RDM paper, Eq. 3): eps- (or v-) prediction on the whole latent, one timestep per
 sample; with probability cond_dropout a sample's neighbour embeddings are replaced by zeros, the
 conditioning classifier-free guidance contrasts with at sampling time (App. D.2)."""
 

@@ -1,12 +1,12 @@
 """A trained RDM or RARM, its embedding database and its VQ-GAN, ready to generate images.
 
     pipe = NeighbourHeadPipeline.load("runs/rdm-fmnist/final", database=None)   # or database=OTHER: swap
-    rows = pipe.pseudo_queries(64, top_m=0.01, seed=0)       # p_D (seed 000, Eq. 5), top-m (Eq. 7)
+    rows = pipe.pseudo_queries(64, top_m=0.01, seed=0)       # p_D (RDM paper, Eq. 5), top-m (Eq. 7)
     images, _ = pipe.generate(pipe.table_neighbours(rows), seed=0, guidance=2.0, steps=100)
 
 Unconditional sampling needs no search: pseudo-queries come from p_D of the database (uniform when
 it has no training table) and their neighbours from its `database` table. Swapping the database
-(seed 000, Sec. 4.3) is opening another embedding database of the same embedding: its table, its
+(RDM paper, Sec. 4.3) is opening another embedding database of the same embedding: its table, its
 p_D and its vectors are used from then on.
 """
 

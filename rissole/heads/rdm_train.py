@@ -1,4 +1,4 @@
-"""Training RDM (seed 000): the latent-diffusion UNet with cross-attention to neighbour embeddings,
+"""Training RDM (RDM paper): the latent-diffusion UNet with cross-attention to neighbour embeddings,
 on the shared head trainer (rissole.heads.trainer).
 
 Data: an embedding database (`rissole embed ... --db`) and its `train` neighbour table. The final

@@ -1,4 +1,4 @@
-"""RISSOLE's block denoiser (seed 003, Sec. 4.1.3): eps_psi(z_t^i, t, neighbours' i-th blocks).
+"""RISSOLE's block denoiser (RISSOLE paper, Sec. 4.1.3): eps_psi(z_t^i, t, neighbours' i-th blocks).
 
     e_x = conv3x3(z_t^i)                          (c -> C)
     e_c = conv3x3(concat of the k neighbour blocks) (k*c -> C)        if retrieval

@@ -1,4 +1,4 @@
-"""RDM's decoding head (seed 000, Sec. 3.2.1): a latent-diffusion UNet over the whole latent,
+"""RDM's decoding head (RDM paper, Sec. 3.2.1): a latent-diffusion UNet over the whole latent,
 conditioned by cross-attention on the embeddings of the k retrieved neighbours.
 
     context = NeighbourContext(neighbour embeddings (B, k, d))      (B, k*tokens, context_dim)

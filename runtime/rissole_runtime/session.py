@@ -1,7 +1,7 @@
 """onnxruntime sessions for a bundle's models: execution providers tried in order, the one used reported.
 
 Order: TensorRT, CUDA, CPU (where the installed onnxruntime build has them). TensorRT keeps the
-normalisation layers in fp32 (DESIGN decision 11) and caches its engines beside the bundle.
+normalisation layers in fp32 and caches its engines beside the bundle.
 """
 
 from __future__ import annotations

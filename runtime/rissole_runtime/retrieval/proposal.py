@@ -1,4 +1,4 @@
-"""The proposal distribution over pseudo-queries (RDM, seed 000, Eq. 5 and 7) and its sampler.
+"""The proposal distribution over pseudo-queries (RDM paper, Eq. 5 and 7) and its sampler.
 
     p_D(x~) = |{x in X : x~ in xi_k(x, D)}| / (k |X|)         (Eq. 5)
 

@@ -1,6 +1,6 @@
 """A small CNN image classifier trained on the spot, to label generated samples (database-swap benchmark).
 
-Why here: the database-swap measurement (seed 000, Sec. 4.3) asks "which class / which domain does
+Why here: the database-swap measurement (RDM paper, Sec. 4.3) asks "which class / which domain does
 this sample look like?". Inception features answer "how ImageNet-like", not "is this a T-shirt", and
 no Fashion-MNIST classifier ships offline on this machine, so the benchmark trains one: two conv
 layers and a linear head on 32 x 32 uint8 images, seeded and deterministic on the CPU, a few epochs
