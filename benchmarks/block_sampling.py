@@ -59,7 +59,7 @@ def main() -> int:
     model, b = pipe.model, pipe.model.config.num_blocks
     scale = np.float32(pipe.config["scale_factor"])
     rows = pipe.pseudo_queries(64, seed=0)
-    nb_all = torch.from_numpy(gather_neighbours(pipe.db, pipe.table_neighbours(rows), pipe.k) * scale)
+    nb_all = torch.from_numpy(gather_neighbours(pipe.db, pipe.neighbour_ids(rows), pipe.k) * scale)
     ddim = DDIMSampler(pipe.schedule, 50)
     result: dict[str, object] = {"benchmark": "block_sampling", "machine": machine_info(), "checkpoint": args.ckpt,
                                  "blocks": b, "threads": args.threads,

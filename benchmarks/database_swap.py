@@ -177,8 +177,11 @@ def sample_condition(pipe: Any, name: str, args: argparse.Namespace, work: Path,
     npy = work / "samples" / tag / f"{stem}.npy"
     if npy.is_file():
         return np.load(npy), None
-    images, seconds = pipe.sample(args.n, top_m=args.top_m, seed=args.seed, guidance=args.guidance,
-                                  steps=args.steps, batch=args.batch)
+    from rissole.heads.pipeline import SamplingOptions
+
+    steps = {"steps": args.steps} if "steps" in pipe.accepts else {}
+    images, seconds = pipe.sample(args.n, SamplingOptions(top_m=args.top_m, seed=args.seed, guidance=args.guidance,
+                                                          batch=args.batch, **steps))
     npy.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(npy) as tmp, open(tmp, "wb") as f:
         np.save(f, images)
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.digits import PREPROCESSING
     from rissole.data.fashion_mnist import CLASS_NAMES
     from rissole_runtime.fileio import write_json_atomic
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
     from benchmarks.classifier import predict
 
     if not (Path(args.ckpt) / "config.yaml").is_file():
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     t_start = time.perf_counter()
     pipe = NeighbourHeadPipeline.load(args.ckpt, device="cpu")
-    args.sampler_name = f"ddim{args.steps}" if pipe.kind == "rdm" else "tokens"
+    args.sampler_name = f"ddim{args.steps}" if "steps" in pipe.accepts else "tokens"
     tag = f"{pipe.kind}-{load_checkpoint(args.ckpt).weights_hash()[:12]}"
     full_db = pipe.edb.path
     src = pipe.edb.source_latents()

@@ -56,7 +56,10 @@ def run_cell(pipe: Any, m: float, s: float, args: argparse.Namespace, cell_dir: 
     path = cell_dir / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    images, sample_s = pipe.sample(args.n, top_m=m, seed=args.seed, guidance=s, steps=args.steps, batch=args.batch)
+    from rissole.heads.pipeline import SamplingOptions
+
+    steps = {"steps": args.steps} if "steps" in pipe.accepts else {}
+    images, sample_s = pipe.sample(args.n, SamplingOptions(top_m=m, seed=args.seed, guidance=s, batch=args.batch, **steps))
     with atomic_path(cell_dir / f"{name}.samples.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, images)
     save_grid(images[:64], cell_dir / f"{name}.png", nrow=8)
@@ -106,13 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from benchmarks._machine import machine_info
     from rissole_runtime.fileio import write_json_atomic
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
 
     if not (Path(args.ckpt) / "config.yaml").is_file():
         raise SystemExit(f"{args.ckpt}: no checkpoint there (train it first, e.g. "
                          "`python -m benchmarks.paper_table train --rows rdm rarm`)")
     pipe = NeighbourHeadPipeline.load(args.ckpt, database=args.database, device="cpu")
-    args.sampler_name = f"ddim{args.steps}" if pipe.kind == "rdm" else "tokens"
+    args.sampler_name = f"ddim{args.steps}" if "steps" in pipe.accepts else "tokens"
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"{pipe.kind}_tradeoff.json")
     cell_dir = Path(args.runs) / run_tag(pipe, args.ckpt)
     cell_dir.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,6 @@ from rissole_runtime.errors import DataError
 from rissole_runtime.fileio import atomic_dir, atomic_path, sha256_file, write_json_atomic
 from rissole.retrieval.database import BLOCKS_FILE, MANIFEST_FILE, BlockDatabase, open_database
 from rissole.retrieval.neighbours import open_table, save_table
-from rissole_runtime.retrieval.proposal import proposal_from_table
 from rissole_export.fp16 import convert_to_fp16, count_by_precision
 from rissole_export.graphs import DECODER_INPUT, DECODER_OUTPUT, DENOISER_OUTPUT, DecoderGraph
 from rissole_export.onnx_io import MIN_OPSET, export_onnx, fp32_nodes, save_onnx
@@ -98,13 +97,12 @@ def _write_database(src: BlockDatabase, dest: Path, k: int, retrieval: bool, lin
     return db, how
 
 
-def _proposal(db: BlockDatabase) -> tuple[np.ndarray, str]:
-    """p_D from the training table, as RissolePipeline and NeighbourHeadPipeline.pseudo_queries use it; uniform
-    without one."""
-    try:
-        return proposal_from_table(open_table(db, "train").ids, db.rows), "p_D from the train neighbour table (RDM Eq. 5)"
-    except DataError:
-        return np.full(db.rows, 1.0 / db.rows), "uniform (the database has no train table)"
+def _proposal(src: ExportSource) -> tuple[np.ndarray, str]:
+    """p_D as the PyTorch pipeline samples pseudo-queries from it (Pipeline.proposal); uniform without a train table."""
+    p = src.pipe.proposal()
+    if p is None:
+        return np.full(src.db.rows, 1.0 / src.db.rows), "uniform (the database has no train table)"
+    return p, "p_D from the train neighbour table (RDM Eq. 5)"
 
 
 def _io_spec(names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
@@ -133,7 +131,7 @@ def export_denoiser(src: ExportSource, path: Path, opts: ExportOptions) -> dict[
             return graph(*args).numpy()
 
     tol = TOLERANCE[info["precision"]]
-    what = "denoiser" if src.kind == "rissole" else f"{src.kind} denoiser"
+    what = f"{src.kind} denoiser"
     diff = check_parity(path, feeds, reference, tol, what)
     unit = "real latents" if src.model["num_blocks"] == 1 else "real blocks"
     opts.report.append(f"{what}: onnx.checker ok; onnxruntime vs PyTorch max abs diff {diff:.3g} on "
@@ -204,7 +202,7 @@ def write_bundle(ckpt: str | os.PathLike, out: str | os.PathLike, db: str | os.P
         decoder = export_decoder(src, tmp / DECODER, opts)
         bundle_db, how = _write_database(src_db, tmp / DB_DIR, src.k, src.retrieval, opts.link, opts.progress)
         opts.report.append(f"database: {src_db.rows} rows {how} from {src_db.path}")
-        proposal, proposal_source = _proposal(src_db)
+        proposal, proposal_source = _proposal(src)
         with atomic_path(tmp / PROPOSAL, suffix=".npy") as p, open(p, "wb") as f:
             np.save(f, proposal.astype(np.float64))
         files = {sec["file"]: _file_entry(tmp / sec["file"], NETWORK_ROLES[name]) for name, sec in networks.items()}

@@ -94,6 +94,23 @@ def encode_images(
     return open_latents(out_path)
 
 
+def encode_source(ckpt: str | os.PathLike, source: str, out: str | os.PathLike, data_dir: str | None = None,
+                  limit: int | None = None, batch_size: int = 256, device: str = "auto") -> "Latents":
+    """Encode a named data source (rissole.data.load_source) with a VQ-GAN checkpoint into `out`: what
+    `rissole encode` runs, and what first use runs to build a shipped model's database."""
+    from rissole.autoencoder import load_vqgan
+    from rissole.checkpoint import load_checkpoint
+    from rissole.data import load_source
+    from rissole.device import pick_device
+
+    dev = pick_device(device)
+    model = load_vqgan(ckpt, dev)
+    dd = model.config.ddconfig
+    data = load_source(source, data_dir=data_dir, size=dd["resolution"], channels=dd["in_channels"], limit=limit)
+    return encode_images(model, data.images, out, checkpoint=str(ckpt), checkpoint_hash=load_checkpoint(ckpt).weights_hash(),
+                         source=source, labels=data.labels, batch_size=batch_size, device=dev)
+
+
 def open_latents(path: str | os.PathLike) -> Latents:
     """Map a latents .npy read-only and check it against its manifest."""
     path = Path(path)

@@ -103,11 +103,12 @@ def test_resume_matches_uninterrupted_run(nd: dict[str, Any], tmp_path: Path) ->
         torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0)
 
 
-def test_train_and_sample_cli_with_database_swap(nd: dict[str, Any], tmp_path: Path) -> None:
+def test_train_and_sample_cli_with_database_swap(nd: dict[str, Any], tmp_path: Path, capsys) -> None:  # noqa: ANN001
     import yaml
 
     from rissole.cli.main import main
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
+    from rissole.heads.pipeline import SamplingOptions
 
     cfg = rarm_config(nd["db_b"])
     cfg["train"]["steps"] = 2
@@ -118,6 +119,11 @@ def test_train_and_sample_cli_with_database_swap(nd: dict[str, Any], tmp_path: P
     assert main([*common, "--database", str(nd["db_class"]), "--out", str(tmp_path / "b.png"),
                  "--show-retrieval", str(tmp_path / "fig.png")]) == 0
     assert np.load(tmp_path / "a.npy").shape == (3, 1, 32, 32)
+    capsys.readouterr()
+    assert main([*common, "--steps", "4", "--order", "parallel", "--out", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--steps, --order are not options of a rarm model" in err and "-k, --top-k, --temperature" in err
+    assert not (tmp_path / "c.png").exists()
     pipe = NeighbourHeadPipeline.load(tmp_path / "run/final", database=nd["db_class"], device="cpu")
-    images, codes = pipe.generate(pipe.table_neighbours(pipe.pseudo_queries(2)), seed=1, top_k=5)
+    images, codes = pipe.generate(pipe.neighbour_ids(pipe.pseudo_queries(2)), SamplingOptions(seed=1, top_k=5))
     assert images.shape == (2, 1, 32, 32) and codes.shape == (2, 64)

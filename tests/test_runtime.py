@@ -89,7 +89,7 @@ def test_runtime_images_match_the_pytorch_pipeline(tiny: dict[str, Path]) -> Non
         x_T = edge.initial_noise(n, seed)
         sampler = edge.sampler(6)
         images = edge.decode(edge.sample_latents(edge.neighbours(rows), x_T, sampler, guidance))
-        nb = torch.from_numpy(gather_neighbours(pipe.db, pipe.table_neighbours(rows), pipe.k) * scale)
+        nb = torch.from_numpy(gather_neighbours(pipe.db, pipe.neighbour_ids(rows), pipe.k) * scale)
         lat = sample_blocks(pipe.model, sampler, nb, n, torch.Generator(), guidance, x_T=torch.from_numpy(x_T)) / scale
         ref = pipe.decode(lat)
         assert np.abs(images.astype(int) - ref.astype(int)).max() <= 1

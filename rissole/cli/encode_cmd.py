@@ -22,21 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _encode(args: argparse.Namespace) -> int:
     import time
 
-    from rissole.autoencoder import load_vqgan
-    from rissole.checkpoint import load_checkpoint
-    from rissole.data import load_source
-    from rissole.device import pick_device
-    from rissole.latents import encode_images
+    from rissole.latents import encode_source
 
-    dev = pick_device(args.device)
-    model = load_vqgan(args.ckpt, dev)
-    dd = model.config.ddconfig
-    data = load_source(args.source, data_dir=args.data_dir, size=dd["resolution"], channels=dd["in_channels"], limit=args.limit)
     t0 = time.perf_counter()
-    lat = encode_images(
-        model, data.images, args.out, checkpoint=args.ckpt, checkpoint_hash=load_checkpoint(args.ckpt).weights_hash(),
-        source=args.source, labels=data.labels, batch_size=args.batch_size, device=dev,
-    )
+    lat = encode_source(args.ckpt, args.source, args.out, data_dir=args.data_dir, limit=args.limit,
+                        batch_size=args.batch_size, device=args.device)
     dt = time.perf_counter() - t0
-    print(f"wrote {lat.path} {tuple(lat.array.shape)} float32 ({len(data.images) / dt:.0f} images/s) and {lat.path.with_suffix('.json')}")
+    print(f"wrote {lat.path} {tuple(lat.array.shape)} float32 ({len(lat.array) / dt:.0f} images/s) and {lat.path.with_suffix('.json')}")
     return 0

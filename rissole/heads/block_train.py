@@ -20,8 +20,9 @@ from rissole.checkpoint import Checkpoint
 from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole.heads.block_batches import BlockBatcher, check_pairing, latent_std
 from rissole.heads.block_loss import BlockDiffusionLoss
+from rissole.heads.registry import head
 from rissole.heads.trainer import COMMON_DEFAULTS, HeadTrainer, train_head
-from rissole.models.block_unet import BlockDenoiser, BlockDenoiserConfig
+from rissole.models.block_unet import BlockDenoiser
 from rissole.models.params import used_parameters
 from rissole.retrieval import open_database
 from rissole.retrieval.neighbours import open_table
@@ -31,7 +32,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {**COMMON_DEFAULTS, "steps": 10000, "batch_size
 
 
 def build_model(model_cfg: dict[str, Any]) -> BlockDenoiser:
-    return BlockDenoiser(BlockDenoiserConfig.from_dict(model_cfg))
+    return head(KIND).build_model(model_cfg)
 
 
 def parameter_counts(model: BlockDenoiser) -> dict[str, int]:

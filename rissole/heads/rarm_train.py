@@ -19,15 +19,16 @@ from rissole_runtime.errors import DataError
 from rissole.heads.rarm_codes import code_indices, vqgan_codebook
 from rissole.heads.rdm_data import resolve_path
 from rissole.heads.rdm_train import NeighbourHeadTrainer
+from rissole.heads.registry import head
 from rissole.heads.trainer import COMMON_DEFAULTS, train_head
 from rissole.models.params import used_parameters
-from rissole.models.rarm_transformer import RARMConfig, RARMTransformer
+from rissole.models.rarm_transformer import RARMTransformer
 
 KIND = "rarm"
 
 
 def build_model(model_cfg: dict[str, Any]) -> RARMTransformer:
-    return RARMTransformer(RARMConfig.from_dict(model_cfg))
+    return head(KIND).build_model(model_cfg)
 
 
 def parameter_counts(model: RARMTransformer) -> dict[str, int]:

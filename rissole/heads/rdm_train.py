@@ -19,16 +19,17 @@ from rissole.embeddings.store import EmbeddingDatabase, open_embedding_database
 from rissole_runtime.errors import DataError
 from rissole.heads.rdm_data import NeighbourBatcher, latents_std
 from rissole.heads.rdm_loss import RDMLoss
+from rissole.heads.registry import head
 from rissole.heads.trainer import COMMON_DEFAULTS, HeadTrainer, train_head
 from rissole.models.params import used_parameters
-from rissole.models.rdm_unet import RDMUNet, RDMUNetConfig
+from rissole.models.rdm_unet import RDMUNet
 from rissole.retrieval.neighbours import open_table
 
 KIND = "rdm"
 
 
 def build_model(model_cfg: dict[str, Any]) -> RDMUNet:
-    return RDMUNet(RDMUNetConfig.from_dict(model_cfg))
+    return head(KIND).build_model(model_cfg)
 
 
 def parameter_counts(model: RDMUNet) -> dict[str, int]:

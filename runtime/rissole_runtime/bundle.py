@@ -52,9 +52,25 @@ DECODER = "decoder.onnx"
 PROPOSAL = "proposal.npy"
 DB_DIR = "db"
 TABLE = "database"
-KINDS = ("rissole", "rdm", "rarm")
-EMBEDDING_KINDS = ("rdm", "rarm")  # db/ is an embedding database
-DIFFUSION_KINDS = ("rissole", "rdm")  # denoiser.onnx in the DDIM loop; rarm draws codes instead
+
+
+@dataclass(frozen=True)
+class BundleKind:
+    """What the runtime must know of a bundle kind; the runtime's one table of kinds (BUNDLE_KINDS)."""
+
+    name: str
+    diffusion: bool  # denoiser.onnx in the DDIM loop (rissole_runtime.sampler.EdgeSampler); else RARM's code loop
+    embedding_database: bool  # db/ is an embedding database (neighbour vectors), not the model's blocks
+    networks: tuple[str, ...]  # the ONNX files besides decoder.onnx
+    extra_files: tuple[str, ...] = ()  # other arrays the sampler loads
+
+
+BUNDLE_KINDS: dict[str, BundleKind] = {k.name: k for k in (
+    BundleKind("rissole", diffusion=True, embedding_database=False, networks=(DENOISER,)),
+    BundleKind("rdm", diffusion=True, embedding_database=True, networks=(DENOISER,)),
+    BundleKind("rarm", diffusion=False, embedding_database=True, networks=(CONTEXT, STEP), extra_files=(CODEBOOK,)),
+)}
+KINDS = tuple(BUNDLE_KINDS)
 FIX = "Re-export the bundle with `rissole-export CKPT --out BUNDLE`."
 
 
@@ -75,6 +91,10 @@ class Bundle:
     @property
     def kind(self) -> str:
         return model_kind(self.manifest)
+
+    @property
+    def kind_info(self) -> BundleKind:
+        return BUNDLE_KINDS[self.kind]
 
     @property
     def grid(self) -> int:
@@ -129,7 +149,7 @@ def database_layout(manifest: dict[str, Any]) -> dict[str, Any]:
     """grid and shapes db/manifest.json must have: the model's blocks (rissole), or the d-vectors as one
     1 x 1 block each (rdm, rarm: an embedding database)."""
     model = manifest["model"]
-    if model_kind(manifest) in EMBEDDING_KINDS:
+    if BUNDLE_KINDS[model_kind(manifest)].embedding_database:
         d = int(model["embedding"]["dim"])
         return {"grid": 1, "latent_shape": [d, 1, 1], "block_shape": [d, 1, 1]}
     return {"grid": int(model["grid"]), "latent_shape": list(model["latent_shape"]),
@@ -213,7 +233,7 @@ def open_bundle(path: str | os.PathLike, verify: bool = False, progress: bool = 
     db = open_database(path / DB_DIR)  # checks blocks.npy against the database manifest (size, shape, dtype)
     check_database(path, manifest, db)
     check_files(path, manifest, verify, progress)
-    if model_kind(manifest) == "rarm":
+    if CODEBOOK in BUNDLE_KINDS[model_kind(manifest)].extra_files:
         _check_codebook(path, manifest)
     rows = db.rows
     ids = None

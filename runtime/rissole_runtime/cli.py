@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     guidance = bundle.manifest["guidance"] if args.guidance is None else args.guidance
     top_m = bundle.manifest["top_m"] if args.top_m is None else args.top_m
     chunks = -(-args.n // bundle.max_samples)
-    if bundle.kind == "rarm":
+    if not bundle.kind_info.diffusion:
         if args.steps is not None or args.eta:
             raise ConfigError(f"{bundle.path}: an RARM bundle draws its {recorded['num_steps']} code positions one by "
                              "one; --steps and --eta are for diffusion bundles. Use --top-k / --temperature.")

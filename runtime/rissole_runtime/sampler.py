@@ -28,7 +28,7 @@ from rissole_runtime.errors import RissoleError
 from rissole_runtime.retrieval.blocks import merge_blocks
 from rissole_runtime.retrieval.database import gather_neighbours
 from rissole_runtime.retrieval.proposal import PseudoQuerySampler
-from rissole_runtime.bundle import DECODER, DENOISER, DIFFUSION_KINDS, EMBEDDING_KINDS, Bundle
+from rissole_runtime.bundle import DECODER, DENOISER, Bundle
 from rissole_runtime.session import check_inputs, open_session, providers_for, used_provider
 
 
@@ -70,7 +70,7 @@ class BundleSampler:
         rissole: each sample's k neighbours' same-position blocks (n, b, k, c, s, s), scaled;
         rdm, rarm: the k neighbours' unit embeddings as the one block's conditioning (n, 1, k, d), unscaled."""
         ids = np.asarray(self.bundle.neighbour_ids[np.asarray(rows)])
-        if self.bundle.kind in EMBEDDING_KINDS:
+        if self.bundle.kind_info.embedding_database:
             return self.bundle.db.vectors(ids[:, : self.bundle.k])[:, None]
         return gather_neighbours(self.bundle.db, ids, self.bundle.k) * np.float32(self.bundle.scale_factor)
 
@@ -86,7 +86,7 @@ class BundleSampler:
 
 def open_sampler(bundle: Bundle, provider: str = "auto", threads: int | None = None) -> BundleSampler:
     """The sampler of the bundle's kind: EdgeSampler (rissole, rdm) or TokenEdgeSampler (rarm)."""
-    if bundle.kind == "rarm":
+    if not bundle.kind_info.diffusion:
         from rissole_runtime.token_sampler import TokenEdgeSampler
 
         return TokenEdgeSampler(bundle, provider, threads)
@@ -97,7 +97,7 @@ class EdgeSampler(BundleSampler):
     """The diffusion kinds (rissole, rdm): the bundle's denoiser in the shared DDIM loop."""
 
     def __init__(self, bundle: Bundle, provider: str = "auto", threads: int | None = None) -> None:
-        if bundle.kind not in DIFFUSION_KINDS:
+        if not bundle.kind_info.diffusion:
             raise RissoleError(f"{bundle.path}: a {bundle.kind} bundle has no denoiser; open it with open_sampler.")
         super().__init__(bundle, provider, threads)
         self.denoiser = self.session(DENOISER, "denoiser")

@@ -1,16 +1,9 @@
-"""Neighbour tables: the k nearest database rows of every query row, computed once, saved as int32.
+"""Reading saved neighbour tables (numpy only; building them is rissole.retrieval.neighbours).
 
-Training and the edge runtime read these tables; nothing searches inside a training loop.
-
-    train     queries = the training rows. When the training set is the database itself each
-              row's own id is excluded (otherwise the model learns to copy its input); with a
-              separate training set (RDM's disjoint database) nothing is excluded.
-    database  queries = every database row (pseudo-queries for unconditional sampling); the
-              row itself is kept, as in RDM's xi_k(x~, D) for x~ in D.
-
-On disk, in <db>/neighbours/: <name>.ids.npy int32 (N, k), <name>.scores.npy float32 (N, k),
-<name>.json (k, backend and parameters, key mode, self-exclusion, query source, database sha256).
-"""
+A table lives in <db>/neighbours/ as <name>.ids.npy int32 (N, k), <name>.scores.npy float32 (N, k) and
+<name>.json (k, backend, key mode, query source, the database's sha256); `train` (the training rows'
+neighbours, p_D comes from it) and `database` (every row's, what sampling reads) are the two names.
+Opening maps the arrays read-only and refuses a table of another database or cut short."""
 
 from __future__ import annotations
 
