@@ -50,7 +50,7 @@ def main() -> int:
     from benchmarks._machine import machine_info
     from rissole_runtime.diffusion.schedule import DDIMSampler
     from rissole_runtime.fileio import write_json_atomic
-    from rissole.heads.block_pipeline import RissolePipeline
+    from rissole.heads.rissole.pipeline import RissolePipeline
     from rissole.paths import ensure_shipped_database
     from rissole.retrieval.database import gather_neighbours
 
@@ -75,7 +75,7 @@ def main() -> int:
 def measure(model: torch.nn.Module, b: int, nb_all: torch.Tensor, ddim: Any, schedule: Any, repeats: int) -> dict[str, object]:
     """Parallel vs block-by-block at 1 and 64 images, the bare-network ceiling, DDPM-1000 vs DDIM-50."""
     from rissole_runtime.diffusion.schedule import DDPMSampler
-    from rissole.heads.block_sampling import sample_blocks
+    from rissole.heads.rissole.sampling import sample_blocks
 
     result: dict[str, object] = {"torch_threads": torch.get_num_threads()}
     for n in (1, 64):

@@ -98,7 +98,7 @@ def ensure_digits_latents(pipe: Any, work: Path) -> tuple[Path, np.ndarray, np.n
     from rissole.checkpoint import load_checkpoint
     from benchmarks.digits import load_digits_32
     from rissole_runtime.fileio import atomic_path
-    from rissole.heads.rdm_data import resolve_path
+    from rissole.heads.neighbour_data import resolve_path
     from rissole.latents import encode_images, open_latents
     from rissole.paths import REPO_ROOT, SHIPPED_VQGAN
 

@@ -23,8 +23,8 @@ TIMESTEPS = (999, 900, 800, 600, 400, 200, 50)
 @torch.no_grad()
 def errors(ckpt: str, rows: np.ndarray) -> dict[str, object]:
     from rissole.checkpoint import load_checkpoint
-    from rissole.heads.block_batches import BlockBatcher
-    from rissole.heads.block_pipeline import RissolePipeline
+    from rissole.heads.rissole.batches import BlockBatcher
+    from rissole.heads.rissole.pipeline import RissolePipeline
     from rissole.retrieval.neighbours import open_table
 
     pipe = RissolePipeline.load(ckpt)

@@ -113,7 +113,7 @@ def whole_sample(pipe, bundle: Path, threads: int, repeats: int) -> dict[str, ob
     import torch
 
     from rissole_runtime.diffusion.schedule import DDIMSampler
-    from rissole.heads.block_sampling import sample_blocks
+    from rissole.heads.rissole.sampling import sample_blocks
     from rissole_runtime.bundle import open_bundle
     from rissole_runtime.sampler import EdgeSampler
 
@@ -239,7 +239,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from benchmarks._machine import machine_info
     from rissole_runtime.fileio import write_json_atomic
-    from rissole.heads.block_pipeline import RissolePipeline
+    from rissole.heads.rissole.pipeline import RissolePipeline
     from rissole.paths import ensure_shipped_database
     from rissole_export.bundle_writer import ExportOptions, bundle_size, write_bundle
     from rissole_runtime.bundle import open_bundle

@@ -21,7 +21,7 @@ import onnx
 import torch
 
 from rissole_runtime.diffusion.guidance import with_zeros
-from rissole.heads.rarm_codes import code_indices
+from rissole.heads.rarm.codes import code_indices
 from rissole_export.graphs import (CONTEXT_INPUTS, STEP_OUTPUTS, RARMContextGraph, RARMStepGraph,
                                    rarm_context_outputs, rarm_step_inputs)
 from rissole_export.onnx_io import export_onnx

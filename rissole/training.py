@@ -7,7 +7,7 @@ import csv
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -96,6 +96,20 @@ def truncate_csv(path: Path, last_step: int) -> None:
             w.writeheader()
             w.writerows(keep)
         os.replace(tmp, path)
+
+
+def chunked_std(chunks: Iterable[np.ndarray]) -> float:
+    """Standard deviation of every value in the chunks, accumulated in float64 chunk by chunk (the latent scale
+    factor of the diffusion heads is 1 / this over their training latents)."""
+    total = sq = 0.0
+    count = 0
+    for chunk in chunks:
+        x = np.asarray(chunk, dtype=np.float64)
+        total += x.sum()
+        sq += (x**2).sum()
+        count += x.size
+    mean = total / count
+    return float(np.sqrt(sq / count - mean**2))
 
 
 CHECKPOINT_KEYS = ("kind", "format_version", "step")  # written by save_checkpoint itself, never part of a run config

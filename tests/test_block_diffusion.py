@@ -12,11 +12,11 @@ import torch
 
 from rissole_runtime.diffusion.schedule import DDIMSampler, NoiseSchedule
 from rissole_runtime.errors import CheckpointError, ConfigError, DataError
-from rissole.heads.block_batches import BlockBatcher
-from rissole.heads.block_loss import BlockDiffusionLoss
-from rissole.heads.block_sampling import sample_blocks
+from rissole.heads.rissole.batches import BlockBatcher
+from rissole.heads.rissole.loss import BlockDiffusionLoss
+from rissole.heads.rissole.sampling import sample_blocks
 from rissole.retrieval.database import gather_neighbours
-from rissole.heads.block_train import BlockDiffusionTrainer, build_model, parameter_counts, train_block_diffusion
+from rissole.heads.rissole.train import BlockDiffusionTrainer, build_model, parameter_counts, train_block_diffusion
 from rissole.retrieval import build_database, open_database
 from rissole_runtime.retrieval.blocks import merge_blocks
 from rissole.retrieval.keys import KeySet
@@ -99,7 +99,7 @@ def test_cond_dropout_zeroes_exactly_the_chosen_images() -> None:
             seen["neighbours"], seen["t"] = neighbours, t
             return torch.zeros_like(x)
 
-    from rissole.heads.block_batches import BlockBatch
+    from rissole.heads.rissole.batches import BlockBatch
 
     b = BlockBatch(torch.randn(8, 10, 4, 4), torch.ones(8, 4, 10, 4, 4), torch.arange(4).repeat(2), torch.zeros(8, 10, 4, 4), 2)
     gen = torch.Generator().manual_seed(3)
@@ -213,7 +213,7 @@ def test_sample_cli_writes_grids_and_is_reproducible(dbs: dict[str, Path], tmp_p
 
 
 def test_v_prediction_is_turned_into_the_true_eps() -> None:
-    from rissole.heads.block_sampling import _eps_fn
+    from rissole.heads.rissole.sampling import _eps_fn
 
     sched = NoiseSchedule()
     x0, eps = torch.randn(6, 10, 4, 4), torch.randn(6, 10, 4, 4)

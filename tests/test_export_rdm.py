@@ -49,7 +49,7 @@ def _randomise_checkpoint(ckpt: Path) -> None:
 @pytest.fixture(scope="module")
 def rdm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Real latents -> disjoint vq embedding database with exact tables -> RDM (v, k = 3) -> its bundle."""
-    from rissole.heads.rdm_train import train_rdm
+    from rissole.heads.rdm.train import train_rdm
 
     d = tmp_path_factory.mktemp("rdm_edge")
     nd = build_neighbour_data(d)
@@ -68,7 +68,7 @@ def test_rdm_bundle_passes_the_checker_and_matches_pytorch(rdm: dict[str, Any]) 
     below 1e-4 on fresh inputs at 3 batch sizes against the PyTorch sampler's eps function."""
     from rissole.embeddings import make_embedder
     from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
-    from rissole.heads.rdm_sampling import rdm_eps_fn
+    from rissole.heads.rdm.sampling import rdm_eps_fn
     from rissole_export.trtexec import engine_plans, trtexec_command
 
     bundle, m = rdm["bundle"], rdm["manifest"]
@@ -179,7 +179,7 @@ def test_rdm_runtime_images_match_the_pytorch_pipeline_within_one_level(rdm: dic
 @pytest.fixture(scope="module")
 def rarm(rdm: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An RARM (k = 3) on the RDM's embedding database, randomised, and its bundle (default top-k 50, T 0.9)."""
-    from rissole.heads.rarm_train import train_rarm
+    from rissole.heads.rarm.train import train_rarm
 
     d = tmp_path_factory.mktemp("rarm_edge")
     cfg = rarm_config(rdm["db_b"], k=K)

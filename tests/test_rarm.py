@@ -13,9 +13,9 @@ import torch
 
 from neighbour_data import one_thread  # noqa: F401  (autouse)
 from neighbour_data import build_neighbour_data, randomise, rarm_config
-from rissole.heads.rarm_codes import code_indices
-from rissole.heads.rarm_sampling import pick, sample_codes
-from rissole.heads.rarm_train import RARMTrainer, build_model, train_rarm
+from rissole.heads.rarm.codes import code_indices
+from rissole.heads.rarm.sampling import pick, sample_codes
+from rissole.heads.rarm.train import RARMTrainer, build_model, train_rarm
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from neighbour_data import HALF, N_IMAGES, build_neighbour_data, randomise, rdm_
 from rissole_runtime.diffusion.schedule import DDIMSampler, NoiseSchedule, guide
 from rissole.embeddings import open_embedding_database
 from rissole_runtime.errors import CheckpointError, ConfigError, DataError
-from rissole.heads.rdm_data import NeighbourBatcher
-from rissole.heads.rdm_sampling import rdm_eps_fn, sample_latents
-from rissole.heads.rdm_train import RDMTrainer, build_model, parameter_counts, train_rdm
+from rissole.heads.neighbour_data import NeighbourBatcher
+from rissole.heads.rdm.sampling import rdm_eps_fn, sample_latents
+from rissole.heads.rdm.train import RDMTrainer, build_model, parameter_counts, train_rdm
 from rissole.models.layers import SpatialTransformer
 from rissole.retrieval.neighbours import open_table
 

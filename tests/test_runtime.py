@@ -76,8 +76,8 @@ def test_runtime_images_match_the_pytorch_pipeline(tiny: dict[str, Path]) -> Non
     """Same pseudo-queries (same seed) and same x_T: the images agree to the pixel level stated in the README."""
     import torch
 
-    from rissole.heads.block_pipeline import RissolePipeline
-    from rissole.heads.block_sampling import sample_blocks
+    from rissole.heads.rissole.pipeline import RissolePipeline
+    from rissole.heads.rissole.sampling import sample_blocks
     from rissole.retrieval.database import gather_neighbours
 
     edge = EdgeSampler(open_bundle(tiny["bundle"]), "cpu", threads=1)

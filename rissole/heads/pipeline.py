@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from rissole.checkpoint import Checkpoint, load_checkpoint
-from rissole.heads.rdm_data import resolve_path
+from rissole.heads.neighbour_data import resolve_path
 from rissole.paths import REPO_ROOT, SHIPPED_VQGAN
 from rissole.retrieval.database import BlockDatabase
 from rissole.retrieval.neighbours import list_tables, open_table

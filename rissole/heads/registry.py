@@ -38,13 +38,13 @@ class Head:
 
 HEADS: dict[str, Head] = {h.kind: h for h in (
     Head("rissole", "rissole.models.block_unet:BlockDenoiser", "rissole.models.block_unet:BlockDenoiserConfig",
-         "rissole.heads.block_train:train_block_diffusion", "rissole.heads.block_train:parameter_counts", "rissole.heads.block_pipeline:RissolePipeline",
+         "rissole.heads.rissole.train:train_block_diffusion", "rissole.heads.rissole.train:parameter_counts", "rissole.heads.rissole.pipeline:RissolePipeline",
          "rissole_export.sources:rissole_source"),
     Head("rdm", "rissole.models.rdm_unet:RDMUNet", "rissole.models.rdm_unet:RDMUNetConfig",
-         "rissole.heads.rdm_train:train_rdm", "rissole.heads.rdm_train:parameter_counts", "rissole.heads.neighbour_pipeline:RDMPipeline",
+         "rissole.heads.rdm.train:train_rdm", "rissole.heads.rdm.train:parameter_counts", "rissole.heads.rdm.pipeline:RDMPipeline",
          "rissole_export.sources:rdm_source"),
     Head("rarm", "rissole.models.rarm_transformer:RARMTransformer", "rissole.models.rarm_transformer:RARMConfig",
-         "rissole.heads.rarm_train:train_rarm", "rissole.heads.rarm_train:parameter_counts", "rissole.heads.neighbour_pipeline:RARMPipeline",
+         "rissole.heads.rarm.train:train_rarm", "rissole.heads.rarm.train:parameter_counts", "rissole.heads.rarm.pipeline:RARMPipeline",
          "rissole_export.sources:rarm_source"),
 )}
 

@@ -1,5 +1,5 @@
 """Drawing RARM's next code from log-probabilities, in numpy: the one definition shared by PyTorch
-sampling (rissole.heads.rarm_sampling) and the torch-free edge runtime (rissole_runtime.token_sampler).
+sampling (rissole.heads.rarm.sampling) and the torch-free edge runtime (rissole_runtime.token_sampler).
 
 The random numbers come in as uniforms (one per row), so both can draw the same tokens: PyTorch from
 its seeded generator, the runtime from numpy (or, in the parity tests, from the same torch stream).

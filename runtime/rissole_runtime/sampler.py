@@ -6,7 +6,7 @@ decoding); EdgeSampler is the diffusion kinds' sampler; RARM's code-by-code samp
 rissole_runtime.token_sampler. `open_sampler` picks the one a bundle needs.
 
 One sampler for both diffusion kinds. For RISSOLE the steps mirror RissolePipeline.generate +
-sample_blocks (parallel order); for RDM, NeighbourHeadPipeline.generate + rdm_sampling.sample_latents.
+sample_blocks (parallel order); for RDM, RDMPipeline.generate + rissole.heads.rdm.sampling.sample_latents.
 Both: the same proposal sampler, the same (n, b, c, s, s) noise layout folded into the batch (RDM:
 b = 1, the block is the whole latent), the same guidance by doubling the batch with all-zero
 conditioning in one call. The only kind-specific piece is what `neighbours` gathers: scaled

@@ -1,7 +1,7 @@
 """RARM from a bundle without torch: p_D pseudo-queries -> neighbour embeddings from the memmap ->
 context.onnx once -> step.onnx at every code position with the key-value cache -> codebook -> decoder.
 
-The same steps as NeighbourHeadPipeline.generate + rarm_sampling.sample_codes: guidance doubles
+The same steps as RARMPipeline.generate + rissole.heads.rarm.sampling.sample_codes: guidance doubles
 the batch with all-zero embeddings and mixes the log-probabilities (Eq. 8, rissole.diffusion's
 `guide`), and the draw is rarm_pick's, the one PyTorch sampling uses. The uniforms come from a
 numpy generator, or from any `uniform(n)` the caller passes (the parity tests pass PyTorch's).

@@ -12,7 +12,7 @@ import torch
 
 from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole.diffusion.training import ForwardNoising
-from rissole.heads.block_batches import BlockBatch
+from rissole.heads.rissole.batches import BlockBatch
 from rissole.models.block_unet import BlockDenoiser
 
 

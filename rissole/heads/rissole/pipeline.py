@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from rissole.checkpoint import Checkpoint
-from rissole.heads.block_batches import check_pairing
-from rissole.heads.block_sampling import sample_blocks
+from rissole.heads.rissole.batches import check_pairing
+from rissole.heads.rissole.sampling import sample_blocks
 from rissole.heads.pipeline import Pipeline, SamplingOptions
 from rissole.retrieval import open_database
 from rissole.retrieval.database import gather_neighbours

@@ -25,6 +25,7 @@ from rissole.embeddings.store import KEY_MODE, EmbeddingDatabase, open_embedding
 from rissole_runtime.errors import DataError
 from rissole.latents import Latents, open_latents
 from rissole.retrieval.neighbours import NeighbourTable
+from rissole.training import chunked_std
 
 
 def resolve_path(path: str | Path, base: str | Path) -> Path:
@@ -57,14 +58,8 @@ def training_latents(edb: EmbeddingDatabase, table: NeighbourTable) -> tuple[Lat
 
 
 def latents_std(latents: np.ndarray, rows: np.ndarray, chunk: int = 8192) -> float:
-    """Standard deviation of every value of the given latents rows (float64, chunked): 1 / scale_factor."""
-    total = sq = 0.0
-    count = 0
-    for s in range(0, len(rows), chunk):
-        x = np.asarray(latents[np.sort(rows[s : s + chunk])], dtype=np.float64)
-        total, sq, count = total + x.sum(), sq + (x**2).sum(), count + x.size
-    mean = total / count
-    return float(np.sqrt(sq / count - mean**2))
+    """Standard deviation of every value of the given latents rows: 1 / scale_factor."""
+    return chunked_std(latents[np.sort(rows[s : s + chunk])] for s in range(0, len(rows), chunk))
 
 
 class NeighbourBatcher:

@@ -2,7 +2,7 @@
 embeddings, on the shared head trainer (rissole.heads.trainer).
 
 Data: an embedding database and its `train` table, as for RDM; the training latents are turned into
-code indices once at start (rissole.heads.rarm_codes) with the VQ-GAN named in data.vqgan, whose
+code indices once at start (rissole.heads.rarm.codes) with the VQ-GAN named in data.vqgan, whose
 hash must be the one the latents were encoded with.
 """
 
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from rissole_runtime.errors import DataError
-from rissole.heads.rarm_codes import code_indices, vqgan_codebook
-from rissole.heads.rdm_data import resolve_path
-from rissole.heads.rdm_train import NeighbourHeadTrainer
+from rissole.heads.rarm.codes import code_indices, vqgan_codebook
+from rissole.heads.neighbour_data import resolve_path
+from rissole.heads.rdm.train import NeighbourHeadTrainer
 from rissole.heads.registry import head
 from rissole.heads.trainer import COMMON_DEFAULTS, train_head
 from rissole.models.params import used_parameters

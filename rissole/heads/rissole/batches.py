@@ -22,6 +22,7 @@ from rissole.models.block_unet import BlockDenoiserConfig
 from rissole_runtime.retrieval.blocks import merge_blocks, split_blocks
 from rissole.retrieval.database import BlockDatabase
 from rissole.retrieval.neighbours import NeighbourTable
+from rissole.training import chunked_std
 
 
 @dataclass
@@ -34,16 +35,8 @@ class BlockBatch:
 
 
 def latent_std(db: BlockDatabase, chunk: int = 8192) -> float:
-    """Standard deviation of every latent value in the database (float64 accumulation, chunked)."""
-    total = sq = 0.0
-    count = 0
-    for s in range(0, db.rows, chunk):
-        x = np.asarray(db.array[:, s : s + chunk], dtype=np.float64)
-        total += x.sum()
-        sq += (x**2).sum()
-        count += x.size
-    mean = total / count
-    return float(np.sqrt(sq / count - mean**2))
+    """Standard deviation of every latent value in the database."""
+    return chunked_std(db.array[:, s : s + chunk] for s in range(0, db.rows, chunk))
 
 
 class BlockBatcher:

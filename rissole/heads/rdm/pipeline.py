@@ -1,0 +1,28 @@
+"""RDM's pipeline: DDIM / DDPM over the whole latent, conditioned on the neighbours' embeddings."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
+from rissole.heads.pipeline import SamplingOptions
+
+
+class RDMPipeline(NeighbourHeadPipeline):
+    kind = "rdm"
+    accepts = frozenset({"sampler", "steps", "eta", "k"})
+
+    @torch.no_grad()
+    def generate(self, neighbour_ids: np.ndarray, options: SamplingOptions, n: int | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 x_T: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
+        """(uint8 images (n, C, H, W), unscaled latents (n, c, h, w)); x_T (n, c, h, w)."""
+        from rissole.heads.rdm.sampling import sample_latents
+
+        gen = torch.Generator().manual_seed(options.seed)
+        lat = sample_latents(self.model, self.sampler(options), self.neighbour_embeddings(neighbour_ids), gen,
+                             options.guidance, progress, x_T) / float(self.config["scale_factor"])
+        return self.decode(lat), lat.cpu()
