@@ -17,7 +17,7 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
