@@ -15,7 +15,10 @@ from neighbour_data import one_thread  # noqa: F401  (autouse)
 from neighbour_data import build_neighbour_data, randomise, rarm_config
 from rissole.heads.rarm.codes import code_indices
 from rissole.heads.rarm.sampling import pick, sample_codes
-from rissole.heads.rarm.train import RARMTrainer, build_model, train_rarm
+from rissole.heads.rarm.train import RARMTrainer, train_rarm
+from rissole.heads.registry import head
+
+build_model = head("rarm").build_model
 
 
 @pytest.fixture(scope="module")

@@ -95,10 +95,19 @@ class HeadTrainer(RunTrainer):
 
     # --- what a head supplies ---
     def build_model(self) -> torch.nn.Module:
-        raise NotImplementedError
+        """The registered head's model (rissole.heads.registry); a diffusion head's prediction is written into
+        the config explicitly, so the checkpoint keeps sampling the same if the default changes again."""
+        from rissole.heads.registry import head
+
+        model = head(self.kind).build_model(self.config["model"])
+        if hasattr(model.config, "prediction"):
+            self.config["model"].setdefault("prediction", model.config.prediction)
+        return model
 
     def count_parameters(self) -> dict[str, int]:
-        raise NotImplementedError
+        from rissole.heads.registry import head
+
+        return head(self.kind).load("parameter_counts")(self.model)
 
     def setup_data(self) -> None:
         raise NotImplementedError

@@ -27,9 +27,6 @@ from rissole.models.rarm_transformer import RARMTransformer
 KIND = "rarm"
 
 
-def build_model(model_cfg: dict[str, Any]) -> RARMTransformer:
-    return head(KIND).build_model(model_cfg)
-
 
 def parameter_counts(model: RARMTransformer) -> dict[str, int]:
     """Used parameters per component, from one forward pass on a dummy batch of two sequences."""
@@ -43,12 +40,6 @@ def parameter_counts(model: RARMTransformer) -> dict[str, int]:
 class RARMTrainer(NeighbourHeadTrainer):
     kind = KIND
     defaults = COMMON_DEFAULTS
-
-    def build_model(self) -> RARMTransformer:
-        return build_model(self.config["model"])
-
-    def count_parameters(self) -> dict[str, int]:
-        return parameter_counts(self.model)
 
     def setup_data(self) -> None:
         from rissole.checkpoint import load_checkpoint

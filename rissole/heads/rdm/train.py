@@ -28,9 +28,6 @@ from rissole.retrieval.neighbours import open_table
 KIND = "rdm"
 
 
-def build_model(model_cfg: dict[str, Any]) -> RDMUNet:
-    return head(KIND).build_model(model_cfg)
-
 
 def parameter_counts(model: RDMUNet) -> dict[str, int]:
     """Used parameters per component, from one forward pass on a dummy batch of two latents."""
@@ -59,15 +56,6 @@ class NeighbourHeadTrainer(HeadTrainer):
 class RDMTrainer(NeighbourHeadTrainer):
     kind = KIND
     defaults = COMMON_DEFAULTS
-
-    def build_model(self) -> RDMUNet:
-        model = build_model(self.config["model"])
-        # saved explicitly, so the checkpoint keeps sampling the same if the default changes again
-        self.config["model"].setdefault("prediction", model.config.prediction)
-        return model
-
-    def count_parameters(self) -> dict[str, int]:
-        return parameter_counts(self.model)
 
     def setup_data(self) -> None:
         config, mc = self.config, self.model.config

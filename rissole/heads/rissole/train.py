@@ -31,9 +31,6 @@ KIND = "rissole"
 TRAIN_DEFAULTS: dict[str, Any] = {**COMMON_DEFAULTS, "steps": 10000, "batch_size": 64}  # images; b blocks each
 
 
-def build_model(model_cfg: dict[str, Any]) -> BlockDenoiser:
-    return head(KIND).build_model(model_cfg)
-
 
 def parameter_counts(model: BlockDenoiser) -> dict[str, int]:
     """Used parameters per component, from one forward pass on a dummy batch of two blocks."""
@@ -55,15 +52,6 @@ class BlockDiffusionTrainer(HeadTrainer):
 
     kind = KIND
     defaults = TRAIN_DEFAULTS
-
-    def build_model(self) -> BlockDenoiser:
-        model = build_model(self.config["model"])
-        # saved explicitly, so the checkpoint keeps sampling the same if the default changes again
-        self.config["model"].setdefault("prediction", model.config.prediction)
-        return model
-
-    def count_parameters(self) -> dict[str, int]:
-        return parameter_counts(self.model)
 
     def setup_data(self) -> None:
         config, dc = self.config, self.config["data"]
