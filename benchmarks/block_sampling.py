@@ -48,9 +48,9 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/block_sampling.json"), help="results JSON")
     args = ap.parse_args()
     from benchmarks._machine import machine_info
-    from rissole.diffusion.schedule import DDIMSampler
-    from rissole.fileio import write_json_atomic
-    from rissole.heads.block_pipeline import RissolePipeline
+    from rissole_runtime.diffusion.schedule import DDIMSampler
+    from rissole_runtime.fileio import write_json_atomic
+    from rissole.heads.rissole.pipeline import RissolePipeline
     from rissole.paths import ensure_shipped_database
     from rissole.retrieval.database import gather_neighbours
 
@@ -59,7 +59,7 @@ def main() -> int:
     model, b = pipe.model, pipe.model.config.num_blocks
     scale = np.float32(pipe.config["scale_factor"])
     rows = pipe.pseudo_queries(64, seed=0)
-    nb_all = torch.from_numpy(gather_neighbours(pipe.db, pipe.table_neighbours(rows), pipe.k) * scale)
+    nb_all = torch.from_numpy(gather_neighbours(pipe.db, pipe.neighbour_ids(rows), pipe.k) * scale)
     ddim = DDIMSampler(pipe.schedule, 50)
     result: dict[str, object] = {"benchmark": "block_sampling", "machine": machine_info(), "checkpoint": args.ckpt,
                                  "blocks": b, "threads": args.threads,
@@ -74,8 +74,8 @@ def main() -> int:
 
 def measure(model: torch.nn.Module, b: int, nb_all: torch.Tensor, ddim: Any, schedule: Any, repeats: int) -> dict[str, object]:
     """Parallel vs block-by-block at 1 and 64 images, the bare-network ceiling, DDPM-1000 vs DDIM-50."""
-    from rissole.diffusion.schedule import DDPMSampler
-    from rissole.heads.block_sampling import sample_blocks
+    from rissole_runtime.diffusion.schedule import DDPMSampler
+    from rissole.heads.rissole.sampling import sample_blocks
 
     result: dict[str, object] = {"torch_threads": torch.get_num_threads()}
     for n in (1, 64):

@@ -1,4 +1,4 @@
-"""Database swap of an RDM or RARM head (seed 000, Sec. 4.3), as measurable on Fashion-MNIST here.
+"""Database swap of an RDM or RARM head (RDM paper, Sec. 4.3), as measurable on Fashion-MNIST here.
 
 The model is trained once; at inference its embedding database is replaced and nothing else.
 Every condition samples N images with the same seed (same noise per image index), top-m and
@@ -7,10 +7,10 @@ guidance, so conditions differ only by the database:
   full      the checkpoint's own database (Fashion-MNIST train rows 30000..59999 for the paper RDM)
   class-C   the rows of that database whose label is C (`rissole embed ... --label C`), for --classes
   digits    scikit-learn's bundled 8 x 8 digits (a domain the model never saw), 28 x 28 bilinear +
-            2-pixel zero padding to 32 x 32 (rissole.data.digits), encoded with the model's VQ-GAN and
+            2-pixel zero padding to 32 x 32 (benchmarks.digits), encoded with the model's VQ-GAN and
             embedded with its embedder
 
-Two small CNNs (rissole.metrics.classifier) trained inside the benchmark label the samples:
+Two small CNNs (benchmarks.classifier) trained inside the benchmark label the samples:
   - a 10-class Fashion-MNIST classifier (fmnist:train, seeded; test accuracy on fmnist:test and on
     VQ-GAN reconstructions of it): the share of each condition's samples in each class;
   - a domain classifier Fashion-MNIST vs digits, trained on VQ-GAN reconstructions of both (so the
@@ -62,7 +62,7 @@ def ensure_embedding_db(pipe: Any, latents_path: Path, rows: np.ndarray | None, 
     Rebuilt only if missing or holding other rows."""
     from rissole.embeddings import build_embedding_database, embedder_for_spec, open_embedding_database
     from rissole.embeddings.store import KEY_MODE
-    from rissole.errors import DataError
+    from rissole_runtime.errors import DataError
     from rissole.latents import open_latents
     from rissole.retrieval.keys import KeySet
     from rissole.retrieval.neighbours import list_tables, make_tables
@@ -96,9 +96,9 @@ def write_embeddings_quiet(embedder: Any, latents_path: Path, out: Path, rows: n
 def ensure_digits_latents(pipe: Any, work: Path) -> tuple[Path, np.ndarray, np.ndarray]:
     """digits32.npy (uint8 (1797, 1, 32, 32)) and its latents under the model's VQ-GAN (encoded once)."""
     from rissole.checkpoint import load_checkpoint
-    from rissole.data.digits import load_digits_32
-    from rissole.fileio import atomic_path
-    from rissole.heads.rdm_data import resolve_path
+    from benchmarks.digits import load_digits_32
+    from rissole_runtime.fileio import atomic_path
+    from rissole.heads.neighbour_data import resolve_path
     from rissole.latents import encode_images, open_latents
     from rissole.paths import REPO_ROOT, SHIPPED_VQGAN
 
@@ -126,7 +126,7 @@ def ensure_digits_latents(pipe: Any, work: Path) -> tuple[Path, np.ndarray, np.n
 
 def fmnist_classifier(work: Path, pipe: Any, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from rissole.data import load_source
-    from rissole.metrics.classifier import accuracy, cached_classifier
+    from benchmarks.classifier import accuracy, cached_classifier
 
     train = load_source("fmnist:train", limit=args.clf_limit)
     test = load_source("fmnist:test")
@@ -144,7 +144,7 @@ def domain_classifier(work: Path, pipe: Any, digits_lat: Path, args: argparse.Na
     import torch
 
     from rissole.latents import open_latents
-    from rissole.metrics.classifier import accuracy, cached_classifier
+    from benchmarks.classifier import accuracy, cached_classifier
 
     rng = np.random.default_rng(args.seed)
     dig = open_latents(digits_lat).array
@@ -170,15 +170,18 @@ def domain_classifier(work: Path, pipe: Any, digits_lat: Path, args: argparse.Na
 
 
 def sample_condition(pipe: Any, name: str, args: argparse.Namespace, work: Path, tag: str) -> tuple[np.ndarray, float | None]:
-    from rissole.fileio import atomic_path
-    from rissole.images import save_grid
+    from rissole_runtime.fileio import atomic_path
+    from rissole_runtime.images import save_grid
 
     stem = f"{name}_n{args.n}_seed{args.seed}_m{args.top_m:g}_s{args.guidance:g}_{args.sampler_name}"
     npy = work / "samples" / tag / f"{stem}.npy"
     if npy.is_file():
         return np.load(npy), None
-    images, seconds = pipe.sample(args.n, top_m=args.top_m, seed=args.seed, guidance=args.guidance,
-                                  steps=args.steps, batch=args.batch)
+    from rissole.heads.pipeline import SamplingOptions
+
+    steps = {"steps": args.steps} if "steps" in pipe.accepts else {}
+    images, seconds = pipe.sample(args.n, SamplingOptions(top_m=args.top_m, seed=args.seed, guidance=args.guidance,
+                                                          batch=args.batch, **steps))
     npy.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(npy) as tmp, open(tmp, "wb") as f:
         np.save(f, images)
@@ -219,11 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("database_swap needs scikit-learn for its digits data set: `pip install -e .[bench]`")
     from benchmarks._machine import machine_info
     from rissole.checkpoint import load_checkpoint
-    from rissole.data.digits import PREPROCESSING
+    from benchmarks.digits import PREPROCESSING
     from rissole.data.fashion_mnist import CLASS_NAMES
-    from rissole.fileio import write_json_atomic
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
-    from rissole.metrics.classifier import predict
+    from rissole_runtime.fileio import write_json_atomic
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
+    from benchmarks.classifier import predict
 
     if not (Path(args.ckpt) / "config.yaml").is_file():
         raise SystemExit(f"{args.ckpt}: no checkpoint there (train it first, e.g. "
@@ -231,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     t_start = time.perf_counter()
     pipe = NeighbourHeadPipeline.load(args.ckpt, device="cpu")
-    args.sampler_name = f"ddim{args.steps}" if pipe.kind == "rdm" else "tokens"
+    args.sampler_name = f"ddim{args.steps}" if "steps" in pipe.accepts else "tokens"
     tag = f"{pipe.kind}-{load_checkpoint(args.ckpt).weights_hash()[:12]}"
     full_db = pipe.edb.path
     src = pipe.edb.source_latents()

@@ -23,8 +23,8 @@ TIMESTEPS = (999, 900, 800, 600, 400, 200, 50)
 @torch.no_grad()
 def errors(ckpt: str, rows: np.ndarray) -> dict[str, object]:
     from rissole.checkpoint import load_checkpoint
-    from rissole.heads.block_batches import BlockBatcher
-    from rissole.heads.block_pipeline import RissolePipeline
+    from rissole.heads.rissole.batches import BlockBatcher
+    from rissole.heads.rissole.pipeline import RissolePipeline
     from rissole.retrieval.neighbours import open_table
 
     pipe = RissolePipeline.load(ckpt)
@@ -51,7 +51,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from benchmarks._machine import machine_info
-    from rissole.fileio import write_json_atomic
+    from rissole_runtime.fileio import write_json_atomic
 
     rows = np.arange(5000, 5064)
     result = {"benchmark": "denoiser_error", "machine": machine_info(), "rows": rows.tolist(),

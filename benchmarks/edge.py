@@ -112,8 +112,8 @@ def whole_sample(pipe, bundle: Path, threads: int, repeats: int) -> dict[str, ob
     """Seconds for n images, DDIM-50: the torch-free runtime vs the PyTorch pipeline, same noise and rows."""
     import torch
 
-    from rissole.diffusion.schedule import DDIMSampler
-    from rissole.heads.block_sampling import sample_blocks
+    from rissole_runtime.diffusion.schedule import DDIMSampler
+    from rissole.heads.rissole.sampling import sample_blocks
     from rissole_runtime.bundle import open_bundle
     from rissole_runtime.sampler import EdgeSampler
 
@@ -258,7 +258,7 @@ def tenfold_database(src: Path, dest: Path) -> Path:
     """The source database with every row repeated 10 times (tables and p_D follow), for the RSS test."""
     from tqdm import tqdm
 
-    from rissole.fileio import sha256_file, write_json_atomic
+    from rissole_runtime.fileio import sha256_file, write_json_atomic
     from rissole.retrieval.database import open_database
     from rissole.retrieval.neighbours import open_table, save_table
 
@@ -303,8 +303,8 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from benchmarks._machine import machine_info
-    from rissole.fileio import write_json_atomic
-    from rissole.heads.block_pipeline import RissolePipeline
+    from rissole_runtime.fileio import write_json_atomic
+    from rissole.heads.rissole.pipeline import RissolePipeline
     from rissole.paths import ensure_shipped_database
     from rissole_export.bundle_writer import ExportOptions, bundle_size, write_bundle
     from rissole_runtime.bundle import open_bundle

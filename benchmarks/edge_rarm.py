@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from rissole.heads.pipeline import SamplingOptions
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -32,7 +34,7 @@ def code_agreement(edge: Any, pipe: Any, n: int, seed: int, guidance: float) -> 
     gen = torch.Generator().manual_seed(seed)
     codes = edge.sample_codes(edge.neighbours(rows)[:, 0],
                               lambda m: torch.rand(m, generator=gen, dtype=torch.float64).numpy(), guidance)
-    _, ref = pipe.generate(pipe.table_neighbours(rows), seed=seed, guidance=guidance)
+    _, ref = pipe.generate(pipe.neighbour_ids(rows), SamplingOptions(seed=seed, guidance=guidance))
     return float((codes == ref.numpy()).mean())
 
 
@@ -51,8 +53,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     from benchmarks._machine import machine_info
     from benchmarks.edge import interleaved
-    from rissole.fileio import write_json_atomic
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    from rissole_runtime.fileio import write_json_atomic
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
     from rissole.paths import ensure_database_for
     from rissole_export.bundle_writer import ExportOptions, bundle_size, write_bundle
     from rissole_runtime.bundle import open_bundle
@@ -81,8 +83,8 @@ def main() -> int:
     timing = {}
     for n in (1, 16):
         rows = pipe.pseudo_queries(n, 1.0, 7)
-        ids = pipe.table_neighbours(rows)
-        t = interleaved({"pytorch": lambda: pipe.generate(ids, seed=7),
+        ids = pipe.neighbour_ids(rows)
+        t = interleaved({"pytorch": lambda: pipe.generate(ids, SamplingOptions(seed=7)),
                          "runtime_fp32": lambda: edges["fp32"].generate(n, seed=7),
                          "runtime_fp16": lambda: edges["fp16"].generate(n, seed=7)}, args.repeats)
         timing[f"n{n}"] = {**{f"{k}_s_per_image": v / n for k, v in t.items()},

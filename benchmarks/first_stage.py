@@ -37,7 +37,7 @@ def main() -> int:
     from rissole.autoencoder.losses import psnr
     from rissole.checkpoint import load_checkpoint
     from rissole.data import from_model_range, load_source, to_model_range
-    from rissole.fileio import write_json_atomic
+    from rissole_runtime.fileio import write_json_atomic
     from rissole.metrics import evaluate
 
     vq = load_vqgan(args.ckpt)

@@ -1,7 +1,7 @@
 """RISSOLE's Table 1 re-measured on Fashion-MNIST 32 x 32: the ablations, the LDM baseline, grids and k.
 
 Every RISSOLE row is the same config (configs/rissole/fmnist_g2.yaml) with the same optimizer
-steps, batch size and learning rate; rows differ only by the flags in ROWS. The seed-000 heads
+steps, batch size and learning rate; rows differ only by the flags in ROWS. The RDM paper's heads
 (RDM, RARM) train from their own configs with the same steps, batch size and learning rate on
 half of the training split (the other half is their database, as in the paper). Four stages, each
 resumable, so the table can be built over several sessions:
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rissole.fileio import atomic_path, write_json_atomic, write_text_atomic
+from rissole_runtime.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "paper"
@@ -54,7 +54,6 @@ ROWS: dict[str, tuple[str, list[str]]] = {  # row: (label, overrides of BASE_CON
     "rissole-k20": ("RISSOLE k=20", ["model.k=20"]),
     "rissole-half": ("RISSOLE, half the LDM's parameters", ["model.model_channels=32"]),
 }
-HEAD_KINDS = ("rdm", "rarm")
 HEAD_ROWS: dict[str, tuple[str, Path]] = {  # row: (label, config), trained with TRAIN
     "rdm": ("RDM (k=4 VQ-latent neighbours, cross-attention)", RDM_CONFIG),
     "rarm": ("RARM (k=4 VQ-latent neighbours)", RARM_CONFIG),
@@ -123,47 +122,29 @@ def train(rows: list[str]) -> None:
 
 
 def load_pipeline(row: str) -> Any:
-    """The row's trained pipeline (RISSOLE's or a seed-000 head's), or None before training ends."""
+    """The row's trained pipeline (RISSOLE's, RDM's or RARM's), or None before training ends."""
+    from rissole.heads.registry import load_pipeline as load
+
     ckpt = run_dir(row) / "final"
-    if not (ckpt / "config.yaml").is_file():
-        return None
-    if row in HEAD_ROWS:
-        from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
-
-        return NeighbourHeadPipeline.load(ckpt, device="cpu")
-    from rissole.heads.block_pipeline import RissolePipeline
-
-    return RissolePipeline.load(ckpt, device="cpu")
+    return load(ckpt, device="cpu") if (ckpt / "config.yaml").is_file() else None
 
 
 def samplers_of(pipe: Any, ddpm: bool) -> list[tuple[str, Any]]:
-    """(name, sampler) pairs a row is evaluated with: DDIM-50 (and DDPM-1000); RARM: its one token loop."""
-    from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule
+    """(name, SamplingOptions) pairs a row is evaluated with: DDIM-50 (and DDPM-1000); a head without diffusion
+    steps (RARM): its one token loop, in the DDIM-50 column."""
+    from rissole.heads.pipeline import SamplingOptions
 
-    if getattr(pipe, "kind", None) == "rarm":
-        return [("ddim50", None)]  # the autoregressive head's only sampler, in the DDIM-50 column
-    sched = getattr(pipe, "schedule", None) or NoiseSchedule.from_dict(pipe.config["diffusion"])
-    return [("ddim50", DDIMSampler(sched, 50))] + ([("ddpm1000", DDPMSampler(sched))] if ddpm else [])
+    if "steps" not in pipe.accepts:
+        return [("ddim50", SamplingOptions())]
+    return [("ddim50", SamplingOptions(steps=50))] + ([("ddpm1000", SamplingOptions(sampler="ddpm"))] if ddpm else [])
 
 
-def sample(pipe: Any, n: int, seed: int, sampler: Any, batch: int) -> tuple[Any, float]:
-    """n uint8 images from pseudo-queries (seeded), in batches, and the seconds spent denoising and decoding them."""
-    import numpy as np
+def sample(pipe: Any, n: int, seed: int, options: Any, batch: int) -> tuple[Any, float]:
+    """n uint8 images from pseudo-queries (seeded), in batches (noise seed seed * 100_003 + first image), and the
+    seconds spent denoising and decoding them."""
+    import dataclasses
 
-    from rissole.diffusion.schedule import DDPMSampler
-
-    if getattr(pipe, "kind", None) in HEAD_KINDS:  # RDM / RARM: the pipeline's own batched sampler, same seeds
-        kind = "ddpm" if isinstance(sampler, DDPMSampler) else "ddim"
-        return pipe.sample(n, 1.0, seed, sampler=kind, steps=len(sampler) if sampler is not None else 0, batch=batch)
-    rows = pipe.pseudo_queries(n, 1.0, seed)
-    out, seconds = [], 0.0
-    for s in range(0, n, batch):
-        ids = pipe.table_neighbours(rows[s : s + batch]) if pipe.model.config.retrieval else None
-        t0 = time.perf_counter()
-        images, _ = pipe.generate(ids, sampler, n=min(batch, n - s), seed=seed * 100_003 + s)
-        seconds += time.perf_counter() - t0
-        out.append(images)
-    return np.concatenate(out), seconds
+    return pipe.sample(n, dataclasses.replace(options, seed=seed, batch=batch))
 
 
 def evaluate_row(row: str, seeds: list[int], n: int, ddpm_fid: bool, threads: int = 1) -> None:
@@ -227,10 +208,9 @@ def timing(rows: list[str], n_ddim: int, n_ddpm: int) -> None:
 
 def report(n: int) -> dict[str, Any]:
     """Gather every row's results into one JSON and a markdown table (rows not yet run are listed as such)."""
-    import importlib
-
     from benchmarks._machine import machine_info
     from rissole.checkpoint import load_checkpoint
+    from rissole.heads.registry import head
 
     rows = []
     for row in ALL_ROWS:
@@ -239,9 +219,8 @@ def report(n: int) -> dict[str, Any]:
         if (d / "final" / "config.yaml").is_file():
             ckpt = load_checkpoint(d / "final")
             cfg = ckpt.config
-            train_mod = importlib.import_module(f"rissole.heads.{ckpt.kind}_train" if row in HEAD_ROWS
-                                                else "rissole.heads.block_train")
-            entry["params"] = train_mod.parameter_counts(train_mod.build_model(cfg["model"]))["total"]
+            spec = head(ckpt.kind)
+            entry["params"] = spec.load("parameter_counts")(spec.build_model(cfg["model"]))["total"]
             entry["train_seconds"], entry["train_invocations"] = training_seconds(d / "log.csv")
             entry["steps"], entry["batch_size"] = cfg["train"]["steps"], cfg["train"]["batch_size"]
         entry["ddim50"] = [read_json(p) for p in sorted(d.glob(f"eval_ddim50_n{n}_seed*.json"))]

@@ -1,6 +1,6 @@
-"""Top-m x guidance trade-off of an RDM or RARM head (seed 000, Fig. 13) on Fashion-MNIST 32 x 32.
+"""Top-m x guidance trade-off of an RDM or RARM head (RDM paper, Fig. 13) on Fashion-MNIST 32 x 32.
 
-For every top-m fraction m (pseudo-queries drawn from the top m of p_D, seed 000 Eq. 7) and guidance
+For every top-m fraction m (pseudo-queries drawn from the top m of p_D, RDM paper Eq. 7) and guidance
 scale s (classifier-free, against all-zero neighbour embeddings): N samples (DDIM-50 for RDM; RARM's
 token loop) -> FID, KID and improved precision / recall (k-NN balls, k = 3, on Inception pool
 features) against the first N images of the Fashion-MNIST test split. Every cell uses the same
@@ -48,15 +48,18 @@ def run_tag(pipe: Any, ckpt: str) -> str:
 def run_cell(pipe: Any, m: float, s: float, args: argparse.Namespace, cell_dir: Path) -> dict[str, Any]:
     import numpy as np
 
-    from rissole.fileio import atomic_path, write_json_atomic
-    from rissole.images import save_grid
+    from rissole_runtime.fileio import atomic_path, write_json_atomic
+    from rissole_runtime.images import save_grid
     from rissole.metrics import evaluate
 
     name = cell_name(m, s, args.n, args.seed, args.sampler_name)
     path = cell_dir / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    images, sample_s = pipe.sample(args.n, top_m=m, seed=args.seed, guidance=s, steps=args.steps, batch=args.batch)
+    from rissole.heads.pipeline import SamplingOptions
+
+    steps = {"steps": args.steps} if "steps" in pipe.accepts else {}
+    images, sample_s = pipe.sample(args.n, SamplingOptions(top_m=m, seed=args.seed, guidance=s, batch=args.batch, **steps))
     with atomic_path(cell_dir / f"{name}.samples.npy") as tmp, open(tmp, "wb") as f:
         np.save(f, images)
     save_grid(images[:64], cell_dir / f"{name}.png", nrow=8)
@@ -105,14 +108,14 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from benchmarks._machine import machine_info
-    from rissole.fileio import write_json_atomic
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    from rissole_runtime.fileio import write_json_atomic
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
 
     if not (Path(args.ckpt) / "config.yaml").is_file():
         raise SystemExit(f"{args.ckpt}: no checkpoint there (train it first, e.g. "
                          "`python -m benchmarks.paper_table train --rows rdm rarm`)")
     pipe = NeighbourHeadPipeline.load(args.ckpt, database=args.database, device="cpu")
-    args.sampler_name = f"ddim{args.steps}" if pipe.kind == "rdm" else "tokens"
+    args.sampler_name = f"ddim{args.steps}" if "steps" in pipe.accepts else "tokens"
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"{pipe.kind}_tradeoff.json")
     cell_dir = Path(args.runs) / run_tag(pipe, args.ckpt)
     cell_dir.mkdir(parents=True, exist_ok=True)

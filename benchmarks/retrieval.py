@@ -181,7 +181,7 @@ def memmap_read_vs_denoiser(db_path: str, threads: int, batch: int = 64, k: int 
     from rissole.models.block_unet import BlockDenoiser, BlockDenoiserConfig
     from rissole.retrieval import open_database
     from rissole.retrieval.neighbours import open_table
-    from rissole.retrieval.proposal import PseudoQuerySampler, proposal_from_table
+    from rissole_runtime.retrieval.proposal import PseudoQuerySampler, proposal_from_table
 
     torch.set_num_threads(threads)
     db = open_database(db_path)
@@ -299,7 +299,7 @@ def main() -> int:
         return 0
 
     from benchmarks._machine import machine_info
-    from rissole.fileio import write_json_atomic
+    from rissole_runtime.fileio import write_json_atomic
 
     ensure_data(args)
     env = {**os.environ, **{v: str(args.threads) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}

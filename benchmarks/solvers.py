@@ -49,7 +49,7 @@ def load(model: str) -> Any:
 
 
 def schedule_of(pipe: Any) -> Any:
-    from rissole.diffusion.schedule import NoiseSchedule
+    from rissole_runtime.diffusion.schedule import NoiseSchedule
 
     return getattr(pipe, "schedule", None) or NoiseSchedule.from_dict(pipe.config["diffusion"])
 
@@ -57,7 +57,7 @@ def schedule_of(pipe: Any) -> Any:
 def latents(pipe: Any, model: str, sampler: Any, rows: Any, seed: int = 0) -> Any:
     """Scaled-back latents of the pseudo-query rows from one sampler, fixed noise (NoiseSource(seed))."""
     if model == "rdm":
-        from rissole.diffusion.noise import NoiseSource
+        from rissole_runtime.diffusion.noise import NoiseSource
         from rissole.heads.rdm_sampling import sample_latents
 
         nb = pipe.neighbour_embeddings(pipe.table_neighbours(rows))
@@ -75,7 +75,7 @@ def error(n: int, out: Path, models: list[str]) -> dict[str, Any]:
     import torch
 
     from benchmarks._machine import machine_info
-    from rissole.diffusion.solvers import SPACINGS, make_sampler
+    from rissole_runtime.diffusion.solvers import SPACINGS, make_sampler
 
     torch.set_num_threads(1)
     result: dict[str, Any] = {"benchmark": "solver_error", "models": {}}
@@ -106,7 +106,7 @@ def point_path(model: str, name: str, calls: int, spacing: str, n: int, seed: in
 
 
 def read_queue(path: Path) -> list[tuple[str, str, int, str]]:
-    from rissole.diffusion.solvers import DEFAULT_SPACING
+    from rissole_runtime.diffusion.solvers import DEFAULT_SPACING
 
     out = []
     for line in path.read_text().splitlines():
@@ -123,7 +123,7 @@ def fid_point(model: str, name: str, calls: int, spacing: str, n: int, seed: int
 
     from benchmarks import paper_table
     from benchmarks._machine import machine_info
-    from rissole.diffusion.solvers import make_sampler
+    from rissole_runtime.diffusion.solvers import make_sampler
     from rissole.metrics import evaluate
 
     torch.set_num_threads(1)

@@ -23,12 +23,11 @@ import torch
 from tqdm import tqdm
 
 import rissole
-from rissole.diffusion.solvers import make_sampler
-from rissole.errors import ConfigError, DataError
-from rissole.fileio import BUNDLE, atomic_dir, check_replace, atomic_path, sha256_file, write_json_atomic
+from rissole_runtime.diffusion.solvers import make_sampler
+from rissole_runtime.errors import ConfigError, DataError
+from rissole_runtime.fileio import BUNDLE, atomic_dir, check_replace, atomic_path, sha256_file, write_json_atomic
 from rissole.retrieval.database import BLOCKS_FILE, MANIFEST_FILE, BlockDatabase, open_database
 from rissole.retrieval.neighbours import open_table, save_table
-from rissole.retrieval.proposal import proposal_from_table
 from rissole_export.fp16 import convert_to_fp16, count_by_precision
 from rissole_export.graphs import DECODER_INPUT, DECODER_OUTPUT, DENOISER_OUTPUT, DecoderGraph
 from rissole_export.onnx_io import MIN_OPSET, export_onnx, fp32_nodes, save_onnx
@@ -49,7 +48,7 @@ class ExportOptions:
     fp16: bool = False
     opset: int = MIN_OPSET
     max_samples: int = 16  # samples per network call; the batch axis goes up to max_samples * b * 2 (guidance)
-    sampler: str = "ddim"  # diffusion kinds: default sampler (rissole.diffusion.solvers.SAMPLERS) ...
+    sampler: str = "ddim"  # diffusion kinds: default sampler (rissole_runtime.diffusion.solvers.SAMPLERS) ...
     steps: int = 50  # ... and its network calls
     guidance: float = 1.0
     top_m: float = 1.0
@@ -102,13 +101,12 @@ def _write_database(src: BlockDatabase, dest: Path, k: int, retrieval: bool, lin
     return db, how
 
 
-def _proposal(db: BlockDatabase) -> tuple[np.ndarray, str]:
-    """p_D from the training table, as RissolePipeline and NeighbourHeadPipeline.pseudo_queries use it; uniform
-    without one."""
-    try:
-        return proposal_from_table(open_table(db, "train").ids, db.rows), "p_D from the train neighbour table (RDM Eq. 5)"
-    except DataError:
-        return np.full(db.rows, 1.0 / db.rows), "uniform (the database has no train table)"
+def _proposal(src: ExportSource) -> tuple[np.ndarray, str]:
+    """p_D as the PyTorch pipeline samples pseudo-queries from it (Pipeline.proposal); uniform without a train table."""
+    p = src.pipe.proposal()
+    if p is None:
+        return np.full(src.db.rows, 1.0 / src.db.rows), "uniform (the database has no train table)"
+    return p, "p_D from the train neighbour table (RDM Eq. 5)"
 
 
 def _io_spec(names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
@@ -147,7 +145,7 @@ def export_denoiser(src: ExportSource, path: Path, opts: ExportOptions) -> dict[
             return graph(*args).numpy()
 
     tol = TOLERANCE[info["precision"]]
-    what = "denoiser" if src.kind == "rissole" else f"{src.kind} denoiser"
+    what = f"{src.kind} denoiser"
     diff = check_parity(path, feeds, reference, tol, what)
     unit = "real latents" if src.model["num_blocks"] == 1 else "real blocks"
     opts.report.append(f"{what}: onnx.checker ok; onnxruntime vs PyTorch max abs diff {diff:.3g} on "
@@ -234,7 +232,7 @@ def _write_bundle(ckpt: str | os.PathLike, out: Path, src: ExportSource, opts: E
         decoder = export_decoder(src, tmp / DECODER, opts)
         bundle_db, how = _write_database(src_db, tmp / DB_DIR, src.k, src.retrieval, opts.link, opts.progress)
         opts.report.append(f"database: {src_db.rows} rows {how} from {src_db.path}")
-        proposal, proposal_source = _proposal(src_db)
+        proposal, proposal_source = _proposal(src)
         with atomic_path(tmp / PROPOSAL, suffix=".npy") as p, open(p, "wb") as f:
             np.save(f, proposal.astype(np.float64))
         files = {sec["file"]: _file_entry(tmp / sec["file"], NETWORK_ROLES[name]) for name, sec in networks.items()}

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from rissole.diffusion.solvers import SAMPLERS
-from rissole.errors import run_command
 from rissole_runtime import argtypes as at
+from rissole_runtime.diffusion.solvers import SAMPLERS
+from rissole_runtime.errors import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:

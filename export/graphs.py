@@ -1,11 +1,10 @@
 """The torch modules that are traced into ONNX: a denoiser returning eps (RISSOLE's block denoiser
 or RDM's latent UNet), RARM's context and one-position step, and the VQ decoder.
 
-Why wrappers: the runtime's sampler only understands eps (rissole.diffusion), so a v-predicting
-model's output is turned into eps inside the exported graph, with the same formula as
-rissole.heads.block_sampling._eps_fn and rissole.heads.rdm_sampling.rdm_eps_fn
-(eps = sqrt(1 - ab_t) x + sqrt(ab_t) v), but per row, since an exported graph receives a timestep
-per row. Both denoiser graphs share that conversion (_EpsGraph) and wrap their network as `model`,
+Why wrappers: the runtime's sampler only understands eps, so a v- or x0-predicting model's output is
+turned into eps inside the exported graph by the function PyTorch sampling uses
+(rissole_runtime.diffusion.prediction.to_eps), with per-row coefficients, since an exported graph
+receives a timestep per row. Both denoiser graphs share that conversion (_EpsGraph) and wrap their network as `model`,
 so the fp16 / TensorRT fp32 scopes ("" and "/model") name the same ops for either kind. The
 decoder graph quantises, decodes and clamps to [-1, 1], exactly as RissolePipeline.decode and
 NeighbourHeadPipeline.decode do before their uint8 conversion.
@@ -17,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rissole.diffusion.schedule import NoiseSchedule
+from rissole_runtime.diffusion.prediction import check_prediction, to_eps
+from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole.models.block_unet import BlockDenoiser
 from rissole.models.layers import CrossAttention
 from rissole.models.rarm_transformer import RARMTransformer
@@ -32,22 +32,22 @@ DECODER_OUTPUT = "images"
 
 
 class _EpsGraph(nn.Module):
-    """The v -> eps conversion with a timestep per row; `model` is the wrapped network."""
+    """The prediction -> eps conversion with a timestep per row; `model` is the wrapped network."""
 
     def __init__(self, model: nn.Module, prediction: str, schedule: NoiseSchedule) -> None:
         super().__init__()
         self.model = model
-        self.v_prediction = prediction == "v"
-        ab = schedule.alphas_cumprod
-        self.register_buffer("sqrt_ab", torch.from_numpy(np.sqrt(ab)).float(), persistent=False)
-        self.register_buffer("sqrt_one_minus_ab", torch.from_numpy(np.sqrt(1.0 - ab)).float(), persistent=False)
+        self.prediction = check_prediction(prediction)
+        a, s = schedule.noise_coefficients(np.arange(schedule.num_timesteps))
+        self.register_buffer("sqrt_ab", torch.from_numpy(a).float(), persistent=False)
+        self.register_buffer("sqrt_one_minus_ab", torch.from_numpy(s).float(), persistent=False)
 
     def to_eps(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if not self.v_prediction:
+        if self.prediction == "eps":
             return out
         a = self.sqrt_ab[t][:, None, None, None]  # x is (B, c, h, w) for both kinds
         s = self.sqrt_one_minus_ab[t][:, None, None, None]
-        return s * x + a * out
+        return to_eps(self.prediction, out, x, a, s)
 
 
 class EpsDenoiserGraph(_EpsGraph):

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import onnx
 import torch
 
-from rissole.fileio import atomic_path
+from rissole_runtime.fileio import atomic_path
 
 MIN_OPSET = 17
 NORM_OPS = ("LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization")
@@ -74,7 +74,7 @@ def norm_scopes(model: onnx.ModelProto) -> list[str]:
 def fp32_nodes(model: onnx.ModelProto, root_scopes: Iterable[str] = ("",), extra_scopes: Iterable[str] = ()) -> set[str]:
     """Names of the nodes to keep in fp32 under --fp16 / TensorRT fp16.
 
-    - every node of a normalisation layer (fp16 overflows in their variance; DESIGN decision 11)
+    - every node of a normalisation layer (fp16 overflows in their variance)
     - every normalisation op even outside such a scope
     - the plain tensor ops of the listed root scopes (the timestep embedding: cos/sin of t * f with
       t up to 999 lose the phase in fp16; the v -> eps conversion)

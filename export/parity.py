@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from rissole.errors import RissoleError
+from rissole_runtime.errors import RissoleError
 
 # fp16: weights and activations between fp32 norm layers rounded to fp16. int8: a bound that only catches a
 # broken quantization (the shipped model's eps differs by up to 1.8 on real inputs); what int8 costs is

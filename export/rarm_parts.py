@@ -20,7 +20,8 @@ import numpy as np
 import onnx
 import torch
 
-from rissole.heads.rarm_codes import code_indices
+from rissole_runtime.diffusion.guidance import with_zeros
+from rissole.heads.rarm.codes import code_indices
 from rissole_export.graphs import (CONTEXT_INPUTS, STEP_OUTPUTS, RARMContextGraph, RARMStepGraph,
                                    rarm_context_outputs, rarm_step_inputs)
 from rissole_export.onnx_io import export_onnx
@@ -69,7 +70,7 @@ def export_rarm(src: ExportSource, out: Path, fp16: Callable[[Path, onnx.ModelPr
     ctx_names, step_names = rarm_context_outputs(depth), rarm_step_inputs(depth)
     ctx_graph, step_graph = RARMContextGraph(net).eval(), RARMStepGraph(net).eval()
     nb = real_neighbour_embeddings(src, samples, seed)
-    nb2 = np.concatenate([nb, np.zeros_like(nb)])  # the conditional rows and their guidance half
+    nb2 = with_zeros(nb)  # the conditional rows and their guidance half
     with torch.no_grad():
         cross_t = ctx_graph(torch.from_numpy(nb2))
     ctx_info = fp16(out / CONTEXT, export_onnx(ctx_graph, (torch.from_numpy(nb2),), out / CONTEXT, CONTEXT_INPUTS,

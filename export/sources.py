@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from torch import nn
 
-from rissole.checkpoint import load_checkpoint
-from rissole.diffusion.schedule import NoiseSchedule
-from rissole.errors import CheckpointError
-from rissole.retrieval.blocks import merge_blocks
+from rissole_runtime.diffusion.guidance import doubled, with_zeros
+from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole.retrieval.database import BlockDatabase, gather_neighbours
 from rissole.retrieval.neighbours import open_table
 from rissole_export.graphs import EpsDenoiserGraph, RDMEpsGraph
-from rissole_runtime.bundle import DIFFUSION_KINDS, EMBEDDING_KINDS, TABLE
+from rissole_runtime.bundle import TABLE
 
 EMBEDDING_CONDITIONING = ("neighbours (B, k, d): unit embeddings gathered from db/blocks.npy (1, rows, d) at the "
                           "`database` table's ids of the pseudo-query row; not scaled")
@@ -56,7 +54,11 @@ class ExportSource:
     model: dict[str, Any]  # the manifest's "model" section
     zero_conditioning: str  # what the guidance half of the batch holds
     database_role: str  # role of db/blocks.npy in the manifest's file list
-    pipe: Any  # the PyTorch pipeline it came from (RissolePipeline | NeighbourHeadPipeline): real inputs
+    pipe: Any  # the PyTorch pipeline it came from (rissole.heads.pipeline.Pipeline): real inputs
+    # diffusion kinds, for the parity checks: scaled x0 rows (n * blocks, c, s, s) of database rows, and the
+    # denoiser's neighbour input (n * blocks, k, ...) of their neighbour ids (n, k)
+    denoiser_x0: Callable[[np.ndarray], np.ndarray] | None = None
+    denoiser_neighbours: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def k(self) -> int:
@@ -68,7 +70,7 @@ class ExportSource:
 
     @property
     def diffusion(self) -> bool:
-        return self.kind in DIFFUSION_KINDS
+        return self.graph is not None
 
     @property
     def scale_factor(self) -> float:
@@ -78,19 +80,11 @@ class ExportSource:
 
 def load_source(ckpt: str | os.PathLike, db: str | os.PathLike | None = None,
                 vqgan: str | os.PathLike | None = None) -> ExportSource:
-    """The export source of `ckpt` by its kind (the checkpoint's config.yaml)."""
-    kind = load_checkpoint(ckpt).kind
-    if kind in EMBEDDING_KINDS:
-        from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    """The export source of `ckpt`, by its head (rissole.heads.registry)."""
+    from rissole.heads.registry import head, load_pipeline
 
-        pipe = NeighbourHeadPipeline.load(ckpt, database=db, vqgan=vqgan, device="cpu")
-        return rdm_source(pipe) if kind == "rdm" else rarm_source(pipe)
-    if kind == "rissole":
-        from rissole.heads.block_pipeline import RissolePipeline
-
-        return rissole_source(RissolePipeline.load(ckpt, db=db, vqgan=vqgan, device="cpu"))
-    raise CheckpointError(f"{ckpt}: kind {kind!r}; rissole-export takes RISSOLE, RDM and RARM checkpoints "
-                          "(kind rissole, rdm or rarm).")
+    pipe = load_pipeline(ckpt, database=db, vqgan=vqgan, device="cpu")
+    return head(pipe.kind).load("export_source")(pipe)
 
 
 def rissole_source(pipe: Any) -> ExportSource:
@@ -100,8 +94,12 @@ def rissole_source(pipe: Any) -> ExportSource:
     model = {"kind": "rissole", "grid": cfg.grid, "num_blocks": cfg.num_blocks, "k": cfg.k,
              "latent_shape": list(pipe.db.latent_shape), "block_shape": list(pipe.db.block_shape),
              "retrieval": cfg.retrieval, "position": cfg.position, "key": cfg.key, "prediction": cfg.prediction}
+    scale, b, k = np.float32(pipe.config["scale_factor"]), cfg.num_blocks, cfg.k
     return ExportSource("rissole", pipe.config, graph, graph.input_names(), pipe.vqgan.float().eval(), pipe.db,
-                        pipe.schedule, model, "all-zero neighbour blocks", "block database", pipe)
+                        pipe.schedule, model, "all-zero neighbour blocks", "block database", pipe,
+                        lambda rows: pipe.db.blocks(rows).reshape(len(rows) * b, *pipe.db.block_shape) * scale,
+                        lambda ids: gather_neighbours(pipe.db, ids, k).reshape(len(ids) * b, k, *pipe.db.block_shape)
+                        * scale)
 
 
 def rdm_source(pipe: Any) -> ExportSource:
@@ -109,15 +107,17 @@ def rdm_source(pipe: Any) -> ExportSource:
     from rissole.embeddings.store import KEY_MODE
 
     cfg = pipe.model.config
-    schedule = NoiseSchedule.from_dict(pipe.config["diffusion"])
+    schedule = pipe.schedule
     graph = RDMEpsGraph(pipe.model.float().eval(), schedule).eval()
     shape = [cfg.latent_channels, cfg.latent_size, cfg.latent_size]
     model = {"kind": "rdm", "grid": 1, "num_blocks": 1, "k": cfg.k, "latent_shape": shape, "block_shape": shape,
              "retrieval": True, "position": False, "key": KEY_MODE, "prediction": cfg.prediction,
              "embedding": pipe.edb.spec.to_dict(),
              "conditioning": EMBEDDING_CONDITIONING}
+    scale = np.float32(pipe.config["scale_factor"])
     return ExportSource("rdm", pipe.config, graph, graph.input_names(), pipe.vqgan.float().eval(), pipe.edb.db,
-                        schedule, model, "all-zero neighbour embeddings", "neighbour embedding database", pipe)
+                        schedule, model, "all-zero neighbour embeddings", "neighbour embedding database", pipe,
+                        lambda rows: pipe.edb.latents(rows) * scale, lambda ids: pipe.edb.embeddings(ids[:, : cfg.k]))
 
 
 def rarm_source(pipe: Any) -> ExportSource:
@@ -149,23 +149,16 @@ def real_denoiser_inputs(src: ExportSource, n: int, seed: int,
     e.g. a sampler's) with their real neighbours, plus a zero-conditioned copy (guidance)."""
     rng = np.random.default_rng(seed)
     rows = rng.choice(src.db.rows, size=n, replace=False)
-    scale = np.float32(src.scale_factor)
-    if src.kind == "rdm":
-        x0 = src.pipe.edb.latents(rows) * scale
-    else:
-        x0 = src.db.blocks(rows).reshape(n * src.model["num_blocks"], *src.db.block_shape) * scale
+    x0 = src.denoiser_x0(rows)
     t = (rng.integers(0, src.schedule.num_timesteps, size=len(x0)) if timesteps is None
          else rng.choice(np.asarray(timesteps), size=len(x0)))
     a, s = (v.astype(np.float32)[:, None, None, None] for v in src.schedule.noise_coefficients(t))
     xt = a * x0 + s * rng.standard_normal(x0.shape).astype(np.float32)
-    feeds = {"x": np.concatenate([xt, xt]).astype(np.float32), "t": np.concatenate([t, t]).astype(np.int64)}
+    feeds = {"x": doubled(xt).astype(np.float32), "t": doubled(t).astype(np.int64)}
     if src.retrieval:
         ids = np.asarray(open_table(src.db, TABLE).ids[rows])
-        if src.kind == "rdm":
-            nb = src.pipe.edb.embeddings(ids[:, : src.k])
-        else:
-            nb = gather_neighbours(src.db, ids, src.k).reshape(len(x0), src.k, *src.db.block_shape) * scale
-        feeds["neighbours"] = np.concatenate([nb, np.zeros_like(nb)]).astype(np.float32)
+        nb = src.denoiser_neighbours(ids)
+        feeds["neighbours"] = with_zeros(nb).astype(np.float32)
     if src.model["position"]:
         feeds["position"] = np.tile(np.arange(src.model["num_blocks"], dtype=np.int64), 2 * n)
     return feeds
@@ -174,8 +167,4 @@ def real_denoiser_inputs(src: ExportSource, n: int, seed: int,
 def real_latents(src: ExportSource, n: int, seed: int) -> np.ndarray:
     """Unscaled real latents (n, c, h, w) for the decoder's parity check."""
     rows = np.random.default_rng(seed).choice(src.db.rows, size=n, replace=False)
-    if src.kind in EMBEDDING_KINDS:
-        lat = src.pipe.edb.latents(rows)
-    else:
-        lat = merge_blocks(src.db.blocks(rows), src.db.grid)
-    return np.ascontiguousarray(lat).astype(np.float32)
+    return np.ascontiguousarray(src.pipe.row_latents(rows)).astype(np.float32)

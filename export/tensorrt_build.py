@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rissole.errors import RissoleError
-from rissole.fileio import atomic_path
+from rissole_runtime.errors import RissoleError
+from rissole_runtime.fileio import atomic_path
 from rissole_export.trtexec import EnginePlan, format_command, trtexec_command
 
 

@@ -16,7 +16,7 @@ import onnx
 from rissole_export.bundle_writer import DECODER_FP32_SCOPES, DENOISER_FP32_ROOTS
 from rissole_export.onnx_io import fp32_nodes, trt_fp32_layers
 from rissole_export.rarm_parts import RARM_FP32_ROOTS
-from rissole_runtime.bundle import CONTEXT, DECODER, DENOISER, STEP, model_kind
+from rissole_runtime.bundle import BUNDLE_KINDS, CONTEXT, DECODER, DENOISER, STEP, model_kind
 
 DEFAULT_WORKSPACE_MB = 1024  # leaves room on an 8 GB Jetson shared between CPU and GPU
 
@@ -44,7 +44,7 @@ def engine_plans(bundle: Path, manifest: dict[str, Any], fp16: bool = True, work
     1 .. max_samples * 2) and the decoder (1 .. max_samples)."""
     batch = manifest["batch"]
     sampling = (batch["min"], batch["opt"], batch["max"])
-    if model_kind(manifest) == "rarm":
+    if not BUNDLE_KINDS[model_kind(manifest)].diffusion:
         parts = [(CONTEXT, "context", sampling, (RARM_FP32_ROOTS, ())), (STEP, "step", sampling, (RARM_FP32_ROOTS, ()))]
     else:
         parts = [(DENOISER, "denoiser", sampling, (DENOISER_FP32_ROOTS, ()))]

@@ -26,9 +26,9 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rissole.errors import CheckpointError
+from rissole_runtime.errors import CheckpointError
 from rissole_runtime.validate import DICT, INT, STR, Field, check_schema
-from rissole.fileio import CHECKPOINT, atomic_dir, sha256_file
+from rissole_runtime.fileio import CHECKPOINT, atomic_dir, sha256_file
 
 FORMAT_VERSION = 1
 CONFIG_SCHEMA = {"kind": Field(STR), "step": Field(INT, required=False, min=0), "model": Field(DICT)}

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Self
 
 import yaml
 
-from rissole.errors import ConfigError
+from rissole_runtime.errors import ConfigError
 
 
 class _Loader(yaml.SafeLoader):

@@ -7,7 +7,7 @@ from typing import ContextManager
 
 import torch
 
-from rissole.errors import RissoleError
+from rissole_runtime.errors import RissoleError
 
 
 def pick_device(preference: str = "auto") -> torch.device:

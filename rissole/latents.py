@@ -21,8 +21,8 @@ import torch
 from tqdm import tqdm
 
 from rissole.data.transforms import to_model_range
-from rissole.errors import DataError
-from rissole.fileio import LATENTS, atomic_path, check_replace, check_sidecars, create_memmap, output_lock, write_json_atomic
+from rissole_runtime.errors import DataError
+from rissole_runtime.fileio import LATENTS, atomic_path, check_replace, check_sidecars, create_memmap, output_lock, write_json_atomic
 from rissole_runtime.validate import INT, LIST, STR, Field, check_finite, check_schema, contained_path
 
 FORMAT = "rissole-latents"
@@ -117,6 +117,23 @@ def _write_manifest(out_path: Path, shape: tuple[int, ...], n: int, checkpoint: 
     }
     write_json_atomic(manifest_path(out_path), manifest)
     return open_latents(out_path)
+
+
+def encode_source(ckpt: str | os.PathLike, source: str, out: str | os.PathLike, data_dir: str | None = None,
+                  limit: int | None = None, batch_size: int = 256, device: str = "auto", force: bool = False) -> "Latents":
+    """Encode a named data source (rissole.data.load_source) with a VQ-GAN checkpoint into `out`: what
+    `rissole encode` runs, and what first use runs to build a shipped model's database."""
+    from rissole.autoencoder import load_vqgan
+    from rissole.checkpoint import load_checkpoint
+    from rissole.data import load_source
+    from rissole.device import pick_device
+
+    dev = pick_device(device)
+    model = load_vqgan(ckpt, dev)
+    dd = model.config.ddconfig
+    data = load_source(source, data_dir=data_dir, size=dd["resolution"], channels=dd["in_channels"], limit=limit)
+    return encode_images(model, data.images, out, checkpoint=str(ckpt), checkpoint_hash=load_checkpoint(ckpt).weights_hash(),
+                         source=source, labels=data.labels, batch_size=batch_size, device=dev, force=force)
 
 
 def open_latents(path: str | os.PathLike) -> Latents:

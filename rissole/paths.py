@@ -17,51 +17,61 @@ SHIPPED_LATENTS = REPO_ROOT / "runs" / "latents" / "fmnist-train.npy"
 EMBEDDINGS = REPO_ROOT / "runs" / "emb"
 
 
-def _latents_step() -> list[list[str]]:
-    if SHIPPED_LATENTS.with_suffix(".json").is_file():
-        return []
-    return [["encode", "--source", "fmnist:train", "--out", str(SHIPPED_LATENTS)]]
+def _ensure_latents() -> None:
+    """The 60k training images through the shipped VQ-GAN (what `rissole encode --source fmnist:train` writes)."""
+    from rissole.latents import encode_source
 
-
-def _run_steps(steps: list[list[str]], where: Path) -> Path:
-    from rissole.cli.main import main as rissole
-
-    print(f"first run: building the database the shipped model samples from, in {where}")
-    for argv in steps:
-        if rissole(argv) != 0:
-            raise RuntimeError(f"building {where} failed at `rissole {' '.join(argv)}`")
-    return where
+    if not SHIPPED_LATENTS.with_suffix(".json").is_file():
+        encode_source(SHIPPED_VQGAN, "fmnist:train", SHIPPED_LATENTS)
 
 
 def ensure_shipped_database() -> Path:
     """Build the shipped RISSOLE model's database on first use: encode the 60k training images with
     the shipped VQ-GAN, cut them into 2 x 2 blocks, and write the k = 20 neighbour tables (a few
     minutes on a CPU; nothing is downloaded). Later calls find it and return at once."""
+    from rissole.retrieval import build_database, open_database
+    from rissole.retrieval.keys import KeySet
+    from rissole.retrieval.neighbours import make_tables
+
     if (SHIPPED_DB / "neighbours" / "database.json").is_file():
         return SHIPPED_DB
-    steps = _latents_step()
+    print(f"first run: building the database the shipped model samples from, in {SHIPPED_DB}")
+    _ensure_latents()
     if not (SHIPPED_DB / "manifest.json").is_file():
-        steps.append(["db", "build", str(SHIPPED_LATENTS), "--out", str(SHIPPED_DB), "--grid", "2"])
-    steps.append(["db", "neighbours", str(SHIPPED_DB), "-k", "20"])
-    return _run_steps(steps, SHIPPED_DB)
+        build_database(SHIPPED_LATENTS, SHIPPED_DB, grid=2)
+    db = open_database(SHIPPED_DB)
+    for line in make_tables(db, KeySet(db, "block0"), "scann", {"threads": 1}, k=20):
+        print(line)
+    return SHIPPED_DB
 
 
 def ensure_shipped_rdm_database() -> Path:
     """Build the shipped RDM's embedding database on first use, as its config says (configs/rdm/fmnist_vq.yaml):
     VQ-latent embeddings of training rows 30000..59999 as the database, rows 0..29999 (the rows it was
     trained on) as the queries of the `train` table that p_D comes from, k = 20 exact neighbours."""
+    import numpy as np
+
+    from rissole.embeddings import build_embedding_database, make_embedder, write_embeddings
+    from rissole.latents import open_latents
+    from rissole.retrieval import open_database
+    from rissole.retrieval.keys import KeySet
+    from rissole.retrieval.neighbours import make_tables
+
     if all((SHIPPED_RDM_DB / "neighbours" / f"{t}.json").is_file() for t in ("database", "train")):
         return SHIPPED_RDM_DB
+    print(f"first run: building the database the shipped model samples from, in {SHIPPED_RDM_DB}")
     emb_a, emb_b = EMBEDDINGS / "fmnist-train-a-vq.npy", EMBEDDINGS / "fmnist-train-b-vq.npy"
-    steps = _latents_step()
+    _ensure_latents()
+    vq = make_embedder("vq", tuple(open_latents(SHIPPED_LATENTS).array.shape[1:]), device="cpu")
     if not emb_a.with_suffix(".json").is_file():
-        steps.append(["embed", str(SHIPPED_LATENTS), "--embedder", "vq", "--rows", "0:30000", "--out", str(emb_a)])
+        write_embeddings(vq, SHIPPED_LATENTS, emb_a, np.arange(0, 30000))
     if not (SHIPPED_RDM_DB / "manifest.json").is_file():
-        steps.append(["embed", str(SHIPPED_LATENTS), "--embedder", "vq", "--rows", "30000:60000", "--out", str(emb_b),
-                      "--db", str(SHIPPED_RDM_DB)])
-    steps.append(["db", "neighbours", str(SHIPPED_RDM_DB), "--backend", "exact", "--keys", "latent", "-k", "20",
-                  "--queries", str(emb_a)])
-    return _run_steps(steps, SHIPPED_RDM_DB)
+        write_embeddings(vq, SHIPPED_LATENTS, emb_b, np.arange(30000, 60000))
+        build_embedding_database(emb_b, SHIPPED_RDM_DB)
+    db = open_database(SHIPPED_RDM_DB)
+    for line in make_tables(db, KeySet(db, "latent"), "exact", {"threads": 1}, k=20, queries_path=emb_a):
+        print(line)
+    return SHIPPED_RDM_DB
 
 
 def ensure_database_for(ckpt: str | os.PathLike) -> None:

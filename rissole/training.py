@@ -7,13 +7,13 @@ import csv
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 from rissole.config import check_section_types
-from rissole.errors import CheckpointError, ConfigError
+from rissole_runtime.errors import CheckpointError, ConfigError
 
 
 POSITIVE_KEYS = ("steps", "batch_size", "ckpt_every", "val_every")  # train keys that must be at least 1
@@ -55,7 +55,7 @@ def check_resume_config(run_dir: str | os.PathLike, config: dict[str, Any], allo
         return  # the trainer's resume reports a missing or broken checkpoint
     if not isinstance(saved, dict):
         return
-    given = {k: v for k, v in config.items() if k not in ("kind", "format_version", "step")}
+    given = run_config(config)
     changed = changed_keys(saved, given)
     if changed and not allow:
         shown = ", ".join(f"{k} ({_at(saved, k)!r} -> {_at(given, k)!r})" for k in changed[:8])
@@ -150,3 +150,101 @@ def truncate_csv(path: Path, last_step: int) -> None:
             w.writeheader()
             w.writerows(keep)
         os.replace(tmp, path)
+
+
+def chunked_std(chunks: Iterable[np.ndarray]) -> float:
+    """Standard deviation of every value in the chunks, accumulated in float64 chunk by chunk (the latent scale
+    factor of the diffusion heads is 1 / this over their training latents)."""
+    total = sq = 0.0
+    count = 0
+    for chunk in chunks:
+        x = np.asarray(chunk, dtype=np.float64)
+        total += x.sum()
+        sq += (x**2).sum()
+        count += x.size
+    mean = total / count
+    return float(np.sqrt(sq / count - mean**2))
+
+
+CHECKPOINT_KEYS = ("kind", "format_version", "step")  # written by save_checkpoint itself, never part of a run config
+
+
+def run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run config as a checkpoint stores it (without the entries save_checkpoint writes itself)."""
+    return {k: v for k, v in config.items() if k not in CHECKPOINT_KEYS}
+
+
+class RunTrainer:
+    """The save / resume skeleton of every trainer (the VQ-GAN and the heads): model and EMA weights, the
+    optimizers by name, the RNG stream, the grad scaler, and whatever state a subclass adds through the
+    hooks, written to RUN/checkpoint (everything, for a bit-exact resume) and RUN/final (inference weights)."""
+
+    kind: str
+    config: dict[str, Any]
+    run_dir: Path
+    model: torch.nn.Module
+    ema: Any  # rissole.ema.EMA | None
+    gen: torch.Generator
+    scaler: Any  # torch.amp.GradScaler
+    step: int
+
+    # --- hooks ---
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers, by the name their state is saved under."""
+        raise NotImplementedError
+
+    def extra_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Weights besides model and EMA that only a resume needs (e.g. the VQ-GAN's discriminator)."""
+        return {}
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Tensors of run state besides optimizers and RNG (e.g. code usage counts)."""
+        return {}
+
+    def restore_extra(self, ckpt: Any) -> None:
+        """Restore what extra_weights / extra_state saved (and run state kept in the config)."""
+
+    # --- shared ---
+    def final_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        w = {"model": self.model.state_dict()}
+        if self.ema:
+            w["ema"] = self.ema.state_dict()
+        return w
+
+    def save(self) -> None:
+        from rissole.checkpoint import flatten_optimizer, save_checkpoint
+
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict[str, Any] = {}
+        for name, opt in self.optimizers().items():
+            t, meta[name] = flatten_optimizer(opt, name)
+            tensors.update(t)
+        tensors.update(rng_tensors(self.gen))
+        tensors.update(self.extra_state())
+        meta["scaler"] = self.scaler.state_dict()
+        save_checkpoint(self.run_dir / "checkpoint", self.kind, self.step, run_config(self.config),
+                        {**self.final_weights(), **self.extra_weights()}, tensors, meta)
+
+    def save_final(self) -> Path:
+        from rissole.checkpoint import save_checkpoint
+
+        return save_checkpoint(self.run_dir / "final", self.kind, self.step, run_config(self.config),
+                               self.final_weights())
+
+    def resume(self) -> None:
+        from rissole.checkpoint import load_checkpoint, restore_optimizer
+
+        ckpt = load_checkpoint(self.run_dir / "checkpoint", expect_kind=self.kind, with_trainer=True)
+        if ckpt.config["model"] != self.config["model"]:
+            raise CheckpointError(f"{ckpt.path}: the checkpoint's model config differs from the one given; "
+                                  "resume with the same config.")
+        self.restore_extra(ckpt)
+        ckpt.load_into(self.model, "model")
+        if self.ema:
+            self.ema.load_state_dict(ckpt.weights["ema"], num_updates=ckpt.step)
+        for name, opt in self.optimizers().items():
+            restore_optimizer(opt, name, ckpt.trainer_tensors, ckpt.trainer_meta[name])
+        restore_rng(ckpt.trainer_tensors, self.gen)
+        if "scaler" in ckpt.trainer_meta:  # checkpoints written before mixed precision have none
+            self.scaler.load_state_dict(ckpt.trainer_meta["scaler"])
+        self.step = ckpt.step

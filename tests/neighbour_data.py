@@ -48,7 +48,7 @@ def build_neighbour_data(d: Path) -> dict[str, Any]:
 def rdm_config(db: Path, **model: Any) -> dict[str, Any]:
     m = {"latent_channels": 10, "latent_size": 8, "model_channels": 16, "channel_mult": [1, 2], "num_res_blocks": 1,
          "attention_resolutions": [2], "num_heads": 2, "k": 3, "embedder": "vq", "context_tokens": 64,
-         "context_token_dim": 10, "context_dim": 16, **model}
+         "context_token_dim": 10, "context_dim": 16, "prediction": "eps", **model}
     return {"kind": "rdm", "model": m, "data": {"db": str(db), "table": "train"},
             "train": {"steps": 60, "batch_size": 16, "lr": 2e-3, "warmup_steps": 5, "ema_decay": 0.9, "ckpt_every": 1000,
                       "seed": 5}}

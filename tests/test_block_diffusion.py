@@ -10,15 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from rissole.diffusion.schedule import DDIMSampler, NoiseSchedule
-from rissole.errors import CheckpointError, ConfigError, DataError
-from rissole.heads.block_batches import BlockBatcher
-from rissole.heads.block_loss import BlockDiffusionLoss
-from rissole.heads.block_sampling import sample_blocks
+from rissole_runtime.diffusion.schedule import DDIMSampler, NoiseSchedule
+from rissole_runtime.errors import CheckpointError, ConfigError, DataError
+from rissole.heads.rissole.batches import BlockBatcher
+from rissole.heads.rissole.loss import BlockDiffusionLoss
+from rissole.heads.rissole.sampling import sample_blocks
 from rissole.retrieval.database import gather_neighbours
-from rissole.heads.block_train import BlockDiffusionTrainer, build_model, parameter_counts, train_block_diffusion
+from rissole.heads.rissole.train import BlockDiffusionTrainer, parameter_counts, train_block_diffusion
+from rissole.heads.registry import head
+
+build_model = head("rissole").build_model
 from rissole.retrieval import build_database, open_database
-from rissole.retrieval.blocks import merge_blocks
+from rissole_runtime.retrieval.blocks import merge_blocks
 from rissole.retrieval.keys import KeySet
 from rissole.retrieval.neighbours import make_tables, open_table
 
@@ -48,7 +51,7 @@ def dbs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def tiny_config(db: Path, **model: Any) -> dict[str, Any]:
     m = {"latent_channels": 10, "latent_size": 8, "grid": 2, "k": 4, "model_channels": 32, "channel_mult": [1, 2],
-         "num_res_blocks": 1, "attention": True, "num_heads": 2, **model}
+         "num_res_blocks": 1, "attention": True, "num_heads": 2, "prediction": "eps", **model}
     return {
         "model": m,
         "data": {"db": str(db), "table": "train"},
@@ -99,7 +102,7 @@ def test_cond_dropout_zeroes_exactly_the_chosen_images() -> None:
             seen["neighbours"], seen["t"] = neighbours, t
             return torch.zeros_like(x)
 
-    from rissole.heads.block_batches import BlockBatch
+    from rissole.heads.rissole.batches import BlockBatch
 
     b = BlockBatch(torch.randn(8, 10, 4, 4), torch.ones(8, 4, 10, 4, 4), torch.arange(4).repeat(2), torch.zeros(8, 10, 4, 4), 2)
     gen = torch.Generator().manual_seed(3)
@@ -213,7 +216,7 @@ def test_sample_cli_writes_grids_and_is_reproducible(dbs: dict[str, Path], tmp_p
 
 
 def test_v_prediction_is_turned_into_the_true_eps() -> None:
-    from rissole.heads.block_sampling import _eps_fn
+    from rissole.heads.rissole.sampling import _eps_fn
 
     sched = NoiseSchedule()
     x0, eps = torch.randn(6, 10, 4, 4), torch.randn(6, 10, 4, 4)
@@ -224,7 +227,7 @@ def test_v_prediction_is_turned_into_the_true_eps() -> None:
         class Oracle(torch.nn.Module):
             config = build_model({**tiny_config(Path("."))["model"], "prediction": "v"}).config
 
-            def forward(self, x, tt, *rest):  # noqa: ANN001
+            def forward(self, x, tt, *rest, **feeds):  # noqa: ANN001
                 return a * eps - s * x0  # the exact v the loss trains towards
 
         out = _eps_fn(Oracle(), sched, None, None, None)(xt, torch.full((6,), t), False)

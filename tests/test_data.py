@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from rissole.data import FASHION_MNIST_DIR, ImageFolder, load_fashion_mnist, load_source, read_idx
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 
 
 def test_fashion_mnist_real_files() -> None:

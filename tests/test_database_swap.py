@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from rissole.data import load_source
-from rissole.data.digits import upscale_digits
-from rissole.errors import DataError
-from rissole.metrics.classifier import accuracy, cached_classifier, predict, train_classifier, training_key
+from benchmarks.digits import upscale_digits
+from rissole_runtime.errors import DataError
+from benchmarks.classifier import accuracy, cached_classifier, predict, train_classifier, training_key
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +63,7 @@ def test_digits_upscaled_like_fashion_mnist() -> None:
 
 def test_sklearn_digits_load_as_32x32_uint8() -> None:
     pytest.importorskip("sklearn", reason="scikit-learn is the optional extra `bench` (pip install -e .[bench])")
-    from rissole.data.digits import load_digits_32
+    from benchmarks.digits import load_digits_32
 
     images, labels = load_digits_32()
     assert images.shape == (1797, 1, 32, 32) and images.dtype == np.uint8

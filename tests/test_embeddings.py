@@ -19,7 +19,7 @@ from rissole.embeddings import (
     open_embeddings,
     write_embeddings,
 )
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 from rissole.retrieval.neighbours import open_table
 
 

@@ -15,7 +15,7 @@ from rissole.autoencoder import load_vqgan
 from rissole.autoencoder.losses import psnr
 from rissole.cli.main import build_parser, main
 from rissole.data import to_model_range
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 from rissole.latents import open_latents
 from rissole.paths import SHIPPED_VQGAN
 

@@ -33,7 +33,7 @@ def tiny_export(base: Path) -> dict[str, Path]:
     from rissole.autoencoder import load_vqgan
     from rissole.checkpoint import load_checkpoint
     from rissole.data import load_source
-    from rissole.heads.block_train import train_block_diffusion
+    from rissole.heads.rissole.train import train_block_diffusion
     from rissole.latents import encode_images
     from rissole.paths import SHIPPED_VQGAN
     from rissole.retrieval import build_database
@@ -66,18 +66,18 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_pyproject_lists_every_rissole_package() -> None:
-    """The package list is explicit (package-dir maps export/ and runtime/): a new subpackage must be added."""
+    """The package list is explicit (package-dir maps export/): a new subpackage must be added."""
     text = (ROOT / "pyproject.toml").read_text()
     listed = set(re.findall(r'"(rissole[\w.]*)"', text.split("packages = [", 1)[1].split("]", 1)[0]))
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "rissole").rglob("__init__.py")}
     assert found - listed == set(), f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
-    assert {"rissole_export", "rissole_runtime"} <= listed
+    assert "rissole_export" in listed
 
 
 def test_bundle_models_pass_the_checker_and_match_pytorch(tiny: dict[str, Path]) -> None:
     import json
 
-    from rissole.heads.block_pipeline import RissolePipeline
+    from rissole.heads.rissole.pipeline import RissolePipeline
 
     bundle = tiny["bundle"]
     manifest = json.loads((bundle / MANIFEST).read_text())
@@ -97,7 +97,7 @@ def test_bundle_models_pass_the_checker_and_match_pytorch(tiny: dict[str, Path])
     assert bundle_size(bundle) < 50 * 2**20
 
     # fresh real inputs, two batch sizes (dynamic axis), against the PyTorch pipeline's own eps function
-    from rissole.heads.block_sampling import _eps_fn
+    from rissole.heads.rissole.sampling import _eps_fn
     from rissole.retrieval.database import gather_neighbours
     from rissole.retrieval.neighbours import open_table
 
@@ -118,8 +118,8 @@ def test_bundle_models_pass_the_checker_and_match_pytorch(tiny: dict[str, Path])
 
 
 def test_decoder_matches_pytorch_decode(tiny: dict[str, Path]) -> None:
-    from rissole.heads.block_pipeline import RissolePipeline
-    from rissole.retrieval.blocks import merge_blocks
+    from rissole.heads.rissole.pipeline import RissolePipeline
+    from rissole_runtime.retrieval.blocks import merge_blocks
 
     pipe = RissolePipeline.load(tiny["ckpt"], device="cpu")
     lat = merge_blocks(pipe.db.blocks(np.arange(5)), 2).astype(np.float32)
@@ -138,8 +138,8 @@ def test_parity_failure_stops_the_export(tiny: dict[str, Path]) -> None:
 
 
 def test_v_to_eps_in_the_graph_is_the_samplers_conversion(tiny: dict[str, Path]) -> None:
-    from rissole.heads.block_pipeline import RissolePipeline
-    from rissole.heads.block_sampling import _eps_fn
+    from rissole.heads.rissole.pipeline import RissolePipeline
+    from rissole.heads.rissole.sampling import _eps_fn
 
     pipe = RissolePipeline.load(tiny["ckpt"], device="cpu")
     graph = EpsDenoiserGraph(pipe.model, pipe.schedule)

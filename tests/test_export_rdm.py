@@ -19,8 +19,9 @@ import torch
 
 from neighbour_data import one_thread  # noqa: F401  (autouse)
 from neighbour_data import build_neighbour_data, randomise, rarm_config, rdm_config
-from rissole.diffusion.schedule import NoiseSchedule
-from rissole.errors import DataError
+from rissole.heads.pipeline import SamplingOptions
+from rissole_runtime.diffusion.schedule import NoiseSchedule
+from rissole_runtime.errors import DataError
 from rissole_export.bundle_writer import ExportOptions, bundle_size, write_bundle
 from rissole_export.parity import cpu_session
 from rissole_runtime.bundle import CODEBOOK, CONTEXT, DB_DIR, DECODER, DENOISER, MANIFEST, STEP, open_bundle
@@ -35,11 +36,12 @@ def _randomise_checkpoint(ckpt: Path) -> None:
     """Random weights everywhere (also the zero-initialised output conv), so the neighbours and guidance move the
     output: a few training steps leave the conditioning silent, and a silent model makes parity trivial."""
     from rissole.checkpoint import load_checkpoint, save_checkpoint
-    from rissole.heads.rdm_pipeline import build_head
+    from rissole.heads.registry import head
+    from rissole.training import run_config
 
     c = load_checkpoint(ckpt)
-    model = randomise(build_head(c.kind, c.config["model"]), seed=3)
-    rest = {k: v for k, v in c.config.items() if k not in ("kind", "format_version", "step")}
+    model = randomise(head(c.kind).build_model(c.config["model"]), seed=3)
+    rest = run_config(c.config)
     state = model.state_dict()
     save_checkpoint(ckpt, c.kind, c.step, rest, {"model": state, "ema": state})
 
@@ -47,7 +49,7 @@ def _randomise_checkpoint(ckpt: Path) -> None:
 @pytest.fixture(scope="module")
 def rdm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Real latents -> disjoint vq embedding database with exact tables -> RDM (v, k = 3) -> its bundle."""
-    from rissole.heads.rdm_train import train_rdm
+    from rissole.heads.rdm.train import train_rdm
 
     d = tmp_path_factory.mktemp("rdm_edge")
     nd = build_neighbour_data(d)
@@ -65,8 +67,8 @@ def test_rdm_bundle_passes_the_checker_and_matches_pytorch(rdm: dict[str, Any]) 
     """Measured: ORT vs torch max abs 3.3e-6 on real latents (tolerance 1e-4; 5.3e-6 for the smoke run), and
     below 1e-4 on fresh inputs at 3 batch sizes against the PyTorch sampler's eps function."""
     from rissole.embeddings import make_embedder
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
-    from rissole.heads.rdm_sampling import rdm_eps_fn
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
+    from rissole.heads.rdm.sampling import rdm_eps_fn
     from rissole_export.trtexec import engine_plans, trtexec_command
 
     bundle, m = rdm["bundle"], rdm["manifest"]
@@ -102,7 +104,7 @@ def test_rdm_bundle_passes_the_checker_and_matches_pytorch(rdm: dict[str, Any]) 
     for n, t in ((1, 999), (3, 500), (2, 20)):
         rows = rng.choice(len(pipe.edb), n, replace=False)
         nb = edge.neighbours(rows)[:, 0]
-        ids = pipe.table_neighbours(rows)
+        ids = pipe.neighbour_ids(rows)
         np.testing.assert_array_equal(nb, pipe.neighbour_embeddings(ids).numpy())
         # ... which are the vq embeddings of the neighbours' own latents (what the bundle ships instead of latents)
         vq = vq_embedder.embed_latents(rdm["latents"][pipe.edb.rows[ids].ravel()]).reshape(nb.shape)
@@ -152,7 +154,7 @@ def test_rdm_runtime_images_match_the_pytorch_pipeline_within_one_level(rdm: dic
     """Same pseudo-query rows (same seed), same x_T, DDIM-6: measured max abs pixel diff 0 unguided and 1 uint8
     level at guidance 2.5 (1 pixel of 6,144); latents within 5e-6. Asserted: <= 1 level, >= 99 % of pixels equal,
     latents within 1e-4. (Smoke run, DDIM-50, 16 images: max 1 level, latents within 1.2e-6.)"""
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
 
     edge = EdgeSampler(open_bundle(rdm["bundle"]), "cpu", threads=1)
     pipe = NeighbourHeadPipeline.load(rdm["ckpt"], device="cpu")
@@ -164,7 +166,7 @@ def test_rdm_runtime_images_match_the_pytorch_pipeline_within_one_level(rdm: dic
         assert x_T.shape == (n, 1, 10, 8, 8)
         lat = edge.sample_latents(edge.neighbours(rows), x_T, edge.sampler(6), guidance)
         images = edge.decode(lat)
-        ref, ref_lat = pipe.generate(pipe.table_neighbours(rows), seed=seed, guidance=guidance, steps=6,
+        ref, ref_lat = pipe.generate(pipe.neighbour_ids(rows), SamplingOptions(seed=seed, guidance=guidance, steps=6),
                                      x_T=torch.from_numpy(x_T[:, 0]))
         assert np.abs(lat - ref_lat.numpy()).max() < 1e-4
         assert np.abs(images.astype(int) - ref.astype(int)).max() <= 1
@@ -177,7 +179,7 @@ def test_rdm_runtime_images_match_the_pytorch_pipeline_within_one_level(rdm: dic
 @pytest.fixture(scope="module")
 def rarm(rdm: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An RARM (k = 3) on the RDM's embedding database, randomised, and its bundle (default top-k 50, T 0.9)."""
-    from rissole.heads.rarm_train import train_rarm
+    from rissole.heads.rarm.train import train_rarm
 
     d = tmp_path_factory.mktemp("rarm_edge")
     cfg = rarm_config(rdm["db_b"], k=K)
@@ -193,7 +195,7 @@ def rarm(rdm: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[
 def test_rarm_bundle_passes_the_checker_and_matches_pytorch(rdm: dict[str, Any], rarm: dict[str, Any]) -> None:
     """Context and step graphs checked at export (step: every position of real codes, teacher-forced); the
     codebook is the VQ-GAN's, and codes -> codebook -> decoder.onnx gives the PyTorch decode_code images."""
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
     from rissole_export.trtexec import engine_plans, trtexec_command
     from rissole_runtime.token_sampler import codes_to_latents
 
@@ -221,7 +223,7 @@ def test_rarm_bundle_passes_the_checker_and_matches_pytorch(rdm: dict[str, Any],
     np.testing.assert_array_equal(book, pipe.vqgan.quantize.embedding.weight.detach().numpy())
     codes = np.random.default_rng(0).integers(0, 1024, (3, 64))
     images = open_sampler(open_bundle(bundle), "cpu", 1).decode(codes_to_latents(codes, book, (10, 8, 8)))
-    ref = pipe.decode_codes(torch.from_numpy(codes), 8, 8)
+    ref = pipe.decode_codes(torch.from_numpy(codes))
     assert np.abs(images.astype(int) - ref.astype(int)).max() <= 1 and images.std() > 5
 
     plans = engine_plans(bundle, m, fp16=True)
@@ -235,7 +237,7 @@ def test_rarm_runtime_draws_the_codes_pytorch_draws(rarm: dict[str, Any], seed: 
                                                      temperature: float) -> None:
     """Same pseudo-query rows, same uniforms (PyTorch's generator stream fed to the runtime): the runtime's
     KV-cached ONNX loop draws exactly NeighbourHeadPipeline's codes, and the images agree within one level."""
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
 
     edge = open_sampler(open_bundle(rarm["bundle"]), "cpu", 1)
     pipe = NeighbourHeadPipeline.load(rarm["ckpt"], device="cpu")
@@ -245,8 +247,8 @@ def test_rarm_runtime_draws_the_codes_pytorch_draws(rarm: dict[str, Any], seed: 
     gen = torch.Generator().manual_seed(seed)
     codes = edge.sample_codes(edge.neighbours(rows)[:, 0], lambda m: torch.rand(m, generator=gen, dtype=torch.float64)
                               .numpy(), guidance, top_k, temperature)
-    ref_images, ref_codes = pipe.generate(pipe.table_neighbours(rows), seed=seed, guidance=guidance, top_k=top_k,
-                                          temperature=temperature)
+    ref_images, ref_codes = pipe.generate(pipe.neighbour_ids(rows), SamplingOptions(seed=seed, guidance=guidance,
+                                                                                     top_k=top_k, temperature=temperature))
     np.testing.assert_array_equal(codes, ref_codes.numpy())
     assert len(np.unique(codes)) > 20  # drawn, not collapsed onto one code
     images = edge.decode(edge.latents(codes))

@@ -22,7 +22,7 @@ from rissole.autoencoder import lpips as lpips_mod
 from rissole.autoencoder.lpips import LPIPS, VGG16_CONVS
 from rissole.autoencoder.train import train_vqgan
 from rissole.data import to_model_range
-from rissole.errors import CheckpointError
+from rissole_runtime.errors import CheckpointError
 
 LIN_KEYS = [f"lin{k}.model.1.weight" for k in range(5)]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from rissole.cli.main import main
-from rissole.errors import CheckpointError, DataError
+from rissole_runtime.errors import CheckpointError, DataError
 from rissole.metrics.fid import feature_stats, fid_from_features, frechet_distance
 from rissole.metrics.inception import FEATURE_DIM, inception_features, inception_path
 from rissole.metrics.kid import kid

@@ -1,5 +1,5 @@
 """RARM: causal cross-attending transformer for any k, KV-cached sampling identical to recomputation,
-guidance on log-probabilities (seed 000, Eq. 8), code indices equal the VQ-GAN's, loss falls, resume, CLI."""
+guidance on log-probabilities (RDM paper, Eq. 8), code indices equal the VQ-GAN's, loss falls, resume, CLI."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ import torch
 
 from neighbour_data import one_thread  # noqa: F401  (autouse)
 from neighbour_data import build_neighbour_data, randomise, rarm_config
-from rissole.heads.rarm_codes import code_indices
-from rissole.heads.rarm_sampling import pick, sample_codes
-from rissole.heads.rarm_train import RARMTrainer, build_model, train_rarm
+from rissole.heads.rarm.codes import code_indices
+from rissole.heads.rarm.sampling import pick, sample_codes
+from rissole.heads.rarm.train import RARMTrainer, train_rarm
+from rissole.heads.registry import head
+
+build_model = head("rarm").build_model
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +106,12 @@ def test_resume_matches_uninterrupted_run(nd: dict[str, Any], tmp_path: Path) ->
         torch.testing.assert_close(resumed.model.state_dict()[k], v, rtol=0, atol=0)
 
 
-def test_train_and_sample_cli_with_database_swap(nd: dict[str, Any], tmp_path: Path) -> None:
+def test_train_and_sample_cli_with_database_swap(nd: dict[str, Any], tmp_path: Path, capsys) -> None:  # noqa: ANN001
     import yaml
 
     from rissole.cli.main import main
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
+    from rissole.heads.pipeline import SamplingOptions
 
     cfg = rarm_config(nd["db_b"])
     cfg["train"]["steps"] = 2
@@ -118,6 +122,11 @@ def test_train_and_sample_cli_with_database_swap(nd: dict[str, Any], tmp_path: P
     assert main([*common, "--database", str(nd["db_class"]), "--out", str(tmp_path / "b.png"),
                  "--show-retrieval", str(tmp_path / "fig.png")]) == 0
     assert np.load(tmp_path / "a.npy").shape == (3, 1, 32, 32)
+    capsys.readouterr()
+    assert main([*common, "--steps", "4", "--order", "parallel", "--out", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--steps, --order are not options of a rarm model" in err and "-k, --top-k, --temperature" in err
+    assert not (tmp_path / "c.png").exists()
     pipe = NeighbourHeadPipeline.load(tmp_path / "run/final", database=nd["db_class"], device="cpu")
-    images, codes = pipe.generate(pipe.table_neighbours(pipe.pseudo_queries(2)), seed=1, top_k=5)
+    images, codes = pipe.generate(pipe.neighbour_ids(pipe.pseudo_queries(2)), SamplingOptions(seed=1, top_k=5))
     assert images.shape == (2, 1, 32, 32) and codes.shape == (2, 64)

@@ -13,12 +13,15 @@ import torch
 
 from neighbour_data import one_thread  # noqa: F401  (autouse)
 from neighbour_data import HALF, N_IMAGES, build_neighbour_data, randomise, rdm_config
-from rissole.diffusion.schedule import DDIMSampler, NoiseSchedule, guide
+from rissole_runtime.diffusion.schedule import DDIMSampler, NoiseSchedule, guide
 from rissole.embeddings import open_embedding_database
-from rissole.errors import CheckpointError, ConfigError, DataError
-from rissole.heads.rdm_data import NeighbourBatcher
-from rissole.heads.rdm_sampling import rdm_eps_fn, sample_latents
-from rissole.heads.rdm_train import RDMTrainer, build_model, parameter_counts, train_rdm
+from rissole_runtime.errors import CheckpointError, ConfigError, DataError
+from rissole.heads.neighbour_data import NeighbourBatcher
+from rissole.heads.rdm.sampling import rdm_eps_fn, sample_latents
+from rissole.heads.rdm.train import RDMTrainer, parameter_counts, train_rdm
+from rissole.heads.registry import head
+
+build_model = head("rdm").build_model
 from rissole.models.layers import SpatialTransformer
 from rissole.retrieval.neighbours import open_table
 
@@ -93,28 +96,29 @@ def test_training_rows_follow_the_table(nd: dict[str, Any]) -> None:
 
 
 def test_database_swap_changes_the_neighbours_used(nd: dict[str, Any], trained: Path) -> None:
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
+    from rissole.heads.pipeline import SamplingOptions
 
     own = NeighbourHeadPipeline.load(trained, device="cpu")
     swap = NeighbourHeadPipeline.load(trained, database=nd["db_class"], device="cpu")
     randomise(own.model), randomise(swap.model)  # the same weights; 3 training steps leave the conditioning silent
     rows_own, rows_swap = own.pseudo_queries(8, seed=0), swap.pseudo_queries(8, seed=0)
-    ids_own, ids_swap = own.table_neighbours(rows_own), swap.table_neighbours(rows_swap)
+    ids_own, ids_swap = own.neighbour_ids(rows_own), swap.neighbour_ids(rows_swap)
     emb_own, emb_swap = own.neighbour_embeddings(ids_own), swap.neighbour_embeddings(ids_swap)
     # the vectors the head reads are the swapped database's rows, all of the one class it holds
     np.testing.assert_allclose(emb_swap.numpy(), open_embedding_database(nd["db_class"]).embeddings(ids_swap))
     assert (swap.edb.db.labels()[ids_swap] == nd["class"]).all()
     assert not (own.edb.db.labels()[ids_own] == nd["class"]).all()
     assert not torch.allclose(emb_own, emb_swap)
-    img_own, _ = own.generate(ids_own, seed=0, steps=4)
-    img_swap, _ = swap.generate(ids_swap, seed=0, steps=4)
+    img_own, _ = own.generate(ids_own, SamplingOptions(seed=0, steps=4))
+    img_swap, _ = swap.generate(ids_swap, SamplingOptions(seed=0, steps=4))
     assert img_own.shape == (8, 1, 32, 32) and img_own.dtype == np.uint8
     assert (img_own != img_swap).any()
 
 
 def test_database_of_another_embedding_is_refused(nd: dict[str, Any], trained: Path, tmp_path: Path) -> None:
     from rissole.embeddings import build_embedding_database, make_embedder, write_embeddings
-    from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
 
     write_embeddings(make_embedder("inception", size=75), nd["dir"] / "lat.npy", tmp_path / "inc.npy", np.arange(20),
                      progress=False)

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from rissole.cli.main import main
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 from rissole.retrieval import build_database, merge_blocks, open_database, split_blocks
 from rissole.retrieval.evaluate import recall_at_k
 from rissole.retrieval.keys import KeySet, latent_keys
 from rissole.retrieval.neighbours import drop_self, make_tables, open_table
-from rissole.retrieval.proposal import PseudoQuerySampler, proposal_from_table, top_m
+from rissole_runtime.retrieval.proposal import PseudoQuerySampler, proposal_from_table, top_m
 from rissole.retrieval.searchers import load_searcher, make_searcher
 
 N_ROWS, N_QUERIES = 3000, 300

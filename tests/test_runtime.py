@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from rissole.errors import DataError, RissoleError
+from rissole_runtime.errors import DataError, RissoleError
 from rissole_runtime.bundle import DB_DIR, DENOISER, MANIFEST, open_bundle
 from rissole_runtime.cli import main as run_main
 from rissole_runtime.sampler import EdgeSampler
@@ -76,8 +76,8 @@ def test_runtime_images_match_the_pytorch_pipeline(tiny: dict[str, Path]) -> Non
     """Same pseudo-queries (same seed) and same x_T: the images agree to the pixel level stated in the README."""
     import torch
 
-    from rissole.heads.block_pipeline import RissolePipeline
-    from rissole.heads.block_sampling import sample_blocks
+    from rissole.heads.rissole.pipeline import RissolePipeline
+    from rissole.heads.rissole.sampling import sample_blocks
     from rissole.retrieval.database import gather_neighbours
 
     edge = EdgeSampler(open_bundle(tiny["bundle"]), "cpu", threads=1)
@@ -89,7 +89,7 @@ def test_runtime_images_match_the_pytorch_pipeline(tiny: dict[str, Path]) -> Non
         x_T = edge.initial_noise(n, seed)
         sampler = edge.sampler(6)
         images = edge.decode(edge.sample_latents(edge.neighbours(rows), x_T, sampler, guidance))
-        nb = torch.from_numpy(gather_neighbours(pipe.db, pipe.table_neighbours(rows), pipe.k) * scale)
+        nb = torch.from_numpy(gather_neighbours(pipe.db, pipe.neighbour_ids(rows), pipe.k) * scale)
         lat = sample_blocks(pipe.model, sampler, nb, n, torch.Generator(), guidance, x_T=torch.from_numpy(x_T)) / scale
         ref = pipe.decode(lat)
         assert np.abs(images.astype(int) - ref.astype(int)).max() <= 1
@@ -107,7 +107,7 @@ def _cli(bundle: Path, tmp_path: Path, capsys, *extra: str) -> tuple[int, str]: 
                                       ("--sampler", "dpmpp2m", "--steps", "5"), ("--sampler", "unipc", "--steps", "5")])
 def test_same_seed_gives_the_same_image_in_rissole_sample_and_rissole_run(tiny: dict[str, Path], tmp_path: Path,
                                                                           sampling: tuple[str, ...]) -> None:
-    """One noise source (rissole.diffusion.noise): x_T and, with eta = 1, every step's noise agree, so the
+    """One noise source (rissole_runtime.diffusion.noise): x_T and, with eta = 1, every step's noise agree, so the
     desktop CLI and the device CLI give the same images from the same seed; 6 images are 2 runtime chunks."""
     from rissole.cli.main import main as rissole_main
 

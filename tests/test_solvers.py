@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from rissole.diffusion.loop import denoise
-from rissole.diffusion.schedule import DDIMSampler, NoiseSchedule
-from rissole.diffusion.solvers import SPACINGS, DPMSolverPP2M, UniPC, make_sampler, spaced_timesteps
+from rissole_runtime.diffusion.loop import denoise
+from rissole_runtime.diffusion.schedule import DDIMSampler, NoiseSchedule
+from rissole_runtime.diffusion.solvers import SPACINGS, DPMSolverPP2M, UniPC, make_sampler, spaced_timesteps
 
 SOLVERS = ("dpmpp2m", "unipc")
 
@@ -109,8 +109,8 @@ def test_make_sampler_refuses_what_does_not_apply() -> None:
         make_sampler("ddim", s, 10, spacing="trailing")
     with pytest.raises(ValueError, match="sampler must be one of"):
         make_sampler("euler", s, 10)
-    assert not make_sampler("dpmpp2m", s, 10).stochastic(0)
-    assert make_sampler("ddim", s, 10, eta=1.0).stochastic(0) and not make_sampler("ddim", s, 10).stochastic(0)
+    assert not make_sampler("dpmpp2m", s, 10).needs_noise(0)
+    assert make_sampler("ddim", s, 10, eta=1.0).needs_noise(0) and not make_sampler("ddim", s, 10).needs_noise(0)
 
 
 def test_sample_cli_refuses_eta_with_an_ode_solver(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from rissole.autoencoder.train import train_vqgan
 from rissole.training import batch_indices
 from rissole.checkpoint import load_checkpoint, save_checkpoint
 from rissole.data import to_model_range
-from rissole.errors import CheckpointError
+from rissole_runtime.errors import CheckpointError
 
 
 def _losses(run: Path) -> list[float]:

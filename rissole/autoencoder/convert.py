@@ -9,7 +9,7 @@ from typing import Any
 from rissole.autoencoder.vqgan import VQGANConfig, VQModel
 from rissole.checkpoint import load_foreign_state_dict, load_state_dict_checked, save_checkpoint
 from rissole.config import load_config
-from rissole.errors import ConfigError
+from rissole_runtime.errors import ConfigError
 
 
 def config_from_taming_yaml(path: str | os.PathLike) -> VQGANConfig:

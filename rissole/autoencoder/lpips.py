@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from rissole.checkpoint import load_foreign_state_dict, mismatch_report
-from rissole.errors import CheckpointError
+from rissole_runtime.errors import CheckpointError
 
 PathLike = Union[str, os.PathLike]
 WeightsSpec = Union[PathLike, Sequence[PathLike], Mapping[str, PathLike]]

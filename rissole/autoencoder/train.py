@@ -22,19 +22,19 @@ from tqdm import tqdm
 
 from rissole.autoencoder.losses import adaptive_gan_weight, build_discriminator, grey_distance, hinge_d_loss, psnr
 from rissole.autoencoder.vqgan import VQGANConfig, VQModel
-from rissole.checkpoint import flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint
+from rissole.checkpoint import save_checkpoint
 from rissole.config import require, require_data
 from rissole.data import load_source, source_channels, to_model_range
 from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
 from rissole.ema import EMA
-from rissole.errors import CheckpointError, ConfigError
+from rissole_runtime.errors import ConfigError
 from rissole.training import (
+    RunTrainer,
+    run_config,
     append_csv,
     batch_indices,
     check_fresh_run,
     learning_rate,
-    restore_rng,
-    rng_tensors,
     set_learning_rate,
     truncate_csv,
     with_defaults,
@@ -66,8 +66,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 
-class VQGANTrainer:
+class VQGANTrainer(RunTrainer):
     """Owns the model, discriminator, optimizers, EMA and RNG state of one run."""
+
+    kind = "vqgan"
 
     def __init__(self, config: dict[str, Any], run_dir: str | os.PathLike) -> None:
         require(config, "config", ["model", "data"])
@@ -102,59 +104,31 @@ class VQGANTrainer:
         self.step = 0
         self.inference_choice = "ema" if self.ema else "live"  # set by validate()
 
-    # ---------------------------------------------------------------- state
-    def _weights(self) -> dict[str, dict[str, torch.Tensor]]:
-        w = {"model": self.model.state_dict()}
-        if self.ema:
-            w["ema"] = self.ema.state_dict()
-        if self.disc:
-            w["discriminator"] = {f"loss.discriminator.{k}": v for k, v in self.disc.state_dict().items()}
-        return w
+    # ---------------------------------------------------------------- state (rissole.training.RunTrainer's hooks)
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt": self.opt, **({"opt_d": self.opt_d} if self.opt_d else {})}
 
-    def save(self) -> None:
-        tensors, meta = flatten_optimizer(self.opt, "opt")
-        if self.opt_d:
-            t2, m2 = flatten_optimizer(self.opt_d, "opt_d")
-            tensors.update(t2)
-            meta = {"opt": meta, "opt_d": m2}
-        else:
-            meta = {"opt": meta}
-        tensors.update(rng_tensors(self.gen))
-        tensors["code_usage"] = self.code_usage
-        meta["scaler"] = self.scaler.state_dict()
-        save_checkpoint(self.run_dir / "checkpoint", "vqgan", self.step, self._cfg_for_save(), self._weights(), tensors, meta)
+    def extra_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        if not self.disc:
+            return {}
+        return {"discriminator": {f"loss.discriminator.{k}": v for k, v in self.disc.state_dict().items()}}
 
     def save_final(self) -> Path:
         """Inference weights: the EMA as well only when it validated at least as well as the live weights
         (loaders prefer ema.safetensors when present); without validation data the EMA is kept."""
-        w = {"model": self.model.state_dict()}
-        if self.ema and self.inference_choice == "ema":
-            w["ema"] = self.ema.state_dict()
-        return save_checkpoint(self.run_dir / "final", "vqgan", self.step, self._cfg_for_save(), w)
+        w = self.final_weights()
+        if self.inference_choice != "ema":
+            w.pop("ema", None)
+        return save_checkpoint(self.run_dir / "final", self.kind, self.step, run_config(self.config), w)
 
-    def _cfg_for_save(self) -> dict[str, Any]:
-        return {k: v for k, v in self.config.items() if k not in ("kind", "format_version", "step")}
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        return {"code_usage": self.code_usage}
 
-    def resume(self) -> None:
-        ckpt = load_checkpoint(self.run_dir / "checkpoint", expect_kind="vqgan", with_trainer=True)
-        if ckpt.config["model"] != self.config["model"]:
-            raise CheckpointError(
-                f"{ckpt.path}: the checkpoint's model config differs from the one given; resume with the same config."
-            )
-        ckpt.load_into(self.model, "model")
-        if self.ema:
-            self.ema.load_state_dict(ckpt.weights["ema"], num_updates=ckpt.step)
+    def restore_extra(self, ckpt: Any) -> None:
         if self.disc:
             prefix = "loss.discriminator."
             self.disc.load_state_dict({k[len(prefix):]: v for k, v in ckpt.weights["discriminator"].items()})
-        t, m = ckpt.trainer_tensors, ckpt.trainer_meta
-        restore_optimizer(self.opt, "opt", t, m["opt"])
-        if self.opt_d:
-            restore_optimizer(self.opt_d, "opt_d", t, m["opt_d"])
-        restore_rng(t, self.gen)
-        self.code_usage.copy_(t["code_usage"])
-        self.scaler.load_state_dict(m["scaler"])
-        self.step = ckpt.step
+        self.code_usage.copy_(ckpt.trainer_tensors["code_usage"])
 
     # ---------------------------------------------------------------- training
     def _restart_dead_codes(self, latents: torch.Tensor) -> int:

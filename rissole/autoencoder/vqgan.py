@@ -21,7 +21,7 @@ from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer2
 
 from rissole.config import ModelConfig, check_section_types
-from rissole.errors import ConfigError
+from rissole_runtime.errors import ConfigError
 
 DDCONFIG_DEFAULTS: dict[str, Any] = {
     "double_z": False,

@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _slim(args: argparse.Namespace) -> int:
     from rissole.checkpoint import load_checkpoint, save_checkpoint
+    from rissole.training import run_config
 
     from rissole.fileio import CHECKPOINT, check_replace
 
@@ -26,7 +27,7 @@ def _slim(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.src)
     name = ckpt.inference_weights_name()
     weights = {k: (v.half() if args.half and v.is_floating_point() else v) for k, v in ckpt.weights[name].items()}
-    config = {k: v for k, v in ckpt.config.items() if k not in ("kind", "format_version", "step")}
+    config = run_config(ckpt.config)
     config["slimmed_from"] = {"path": str(args.src), "weights": name, "dtype": "float16" if args.half else "as trained"}
     out = save_checkpoint(args.out, ckpt.kind, ckpt.step, config, {"model": weights}, replace=args.force)
     size = sum(f.stat().st_size for f in out.glob("*.safetensors"))

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from rissole.errors import ConfigError
 from rissole_runtime import argtypes as at
+from rissole_runtime.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "(the manifest's consistency is checked first)")
     i.add_argument("db", help="database directory")
     i.add_argument("--spot-check", type=at.non_negative_int, default=200, metavar="N", help="random rows used as queries (0 to skip)")
-    i.add_argument("-k", type=at.positive_int, default=10, help="k of the recall spot-check")
+    i.add_argument("--recall-at", type=at.positive_int, default=10, metavar="K",
+                   help="K of the recall@K spot-check (-k elsewhere is always a number of neighbours)")
     i.set_defaults(func=_inspect)
 
     v = dsub.add_parser("verify", help="check the manifest's consistency, recompute the full checksum, refuse non-finite "
@@ -122,7 +123,8 @@ def _inspect(args: argparse.Namespace) -> int:
         line = f"index      {idx.name}: {meta['backend']} {meta['key_mode']} {_mib(size)}"
         if args.spot_check:
             s = load_searcher(idx, KeySet(db, meta["key_mode"]))
-            line += f"  recall@{args.k} vs exact on {args.spot_check} rows: {spot_check(s, args.spot_check, args.k):.3f}"
+            line += (f"  recall@{args.recall_at} vs exact on {args.spot_check} rows: "
+                     f"{spot_check(s, args.spot_check, args.recall_at):.3f}")
         print(line)
     return 0
 

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="demo.png", help="output PNG grid")
     p.add_argument("-n", type=at.positive_int, default=64, help="number of images")
-    p.add_argument("--steps", type=at.steps, default=50, help="DDIM steps")
+    p.add_argument("--steps", type=at.steps, default=None, help="DDIM steps of a diffusion model (default 50)")
     p.add_argument("--seed", type=at.seed, default=0, help="seed of the pseudo-queries and the noise")
     p.add_argument("--ckpt", default=str(SHIPPED_RISSOLE),
                    help="checkpoint directory: the shipped RISSOLE model (default), the shipped RDM "
@@ -30,8 +30,9 @@ def _demo(args: argparse.Namespace) -> int:
     from rissole.paths import ensure_database_for
 
     ensure_database_for(args.ckpt)
-    argv = ["sample", "--ckpt", args.ckpt, "-n", str(args.n), "--steps", str(args.steps), "--seed", str(args.seed),
-            "--out", args.out]
+    argv = ["sample", "--ckpt", args.ckpt, "-n", str(args.n), "--seed", str(args.seed), "--out", args.out]
+    if args.steps is not None:
+        argv += ["--steps", str(args.steps)]
     if args.show_retrieval:
         argv += ["--show-retrieval", args.show_retrieval]
     return rissole(argv)

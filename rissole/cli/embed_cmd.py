@@ -6,8 +6,8 @@ import argparse
 
 import numpy as np
 
-from rissole.errors import ConfigError
 from rissole_runtime import argtypes as at
+from rissole_runtime.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,7 +81,7 @@ def _embed(args: argparse.Namespace) -> int:
     import time
 
     from rissole.embeddings import build_embedding_database, make_embedder, write_embeddings
-    from rissole.errors import DataError
+    from rissole_runtime.errors import DataError
     from rissole.latents import open_latents
 
     if args.text is not None:

@@ -39,26 +39,15 @@ def trained_source(ckpt: str) -> str:
 def _encode(args: argparse.Namespace) -> int:
     import time
 
-    from rissole.autoencoder import load_vqgan
-    from rissole.checkpoint import load_checkpoint
-    from rissole.data import load_source
-    from rissole.device import pick_device
-    from rissole.latents import encode_images
-
-    from rissole.fileio import LATENTS, check_replace
+    from rissole.latents import encode_source
+    from rissole_runtime.fileio import LATENTS, check_replace
 
     check_replace(args.out, LATENTS, args.force)  # before the encoder runs; checked again under the output lock
-    dev = pick_device(args.device)
-    model = load_vqgan(args.ckpt, dev)
     if args.source is None:
         args.source = trained_source(args.ckpt)
-    dd = model.config.ddconfig
-    data = load_source(args.source, data_dir=args.data_dir, size=dd["resolution"], channels=dd["in_channels"], limit=args.limit)
     t0 = time.perf_counter()
-    lat = encode_images(
-        model, data.images, args.out, checkpoint=args.ckpt, checkpoint_hash=load_checkpoint(args.ckpt).weights_hash(),
-        source=args.source, labels=data.labels, batch_size=args.batch_size, device=dev, force=args.force,
-    )
+    lat = encode_source(args.ckpt, args.source, args.out, data_dir=args.data_dir, limit=args.limit,
+                        batch_size=args.batch_size, device=args.device, force=args.force)
     dt = time.perf_counter() - t0
-    print(f"wrote {lat.path} {tuple(lat.array.shape)} float32 ({len(data.images) / dt:.0f} images/s) and {lat.path.with_suffix('.json')}")
+    print(f"wrote {lat.path} {tuple(lat.array.shape)} float32 ({len(lat.array) / dt:.0f} images/s) and {lat.path.with_suffix('.json')}")
     return 0

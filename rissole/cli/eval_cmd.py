@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rissole.errors import DataError
 from rissole_runtime import argtypes as at
+from rissole_runtime.errors import DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -105,7 +105,7 @@ def load_samples(samples: str, n: int, size: int | None = None, data_dir: str | 
 def _fid(args: argparse.Namespace) -> int:
     import time
 
-    from rissole.fileio import JSON, write_json_atomic
+    from rissole_runtime.fileio import JSON, write_json_atomic
     from rissole.metrics import evaluate
 
     if args.n < 2:
@@ -140,7 +140,7 @@ def _grey_samples(samples: str, n: int) -> np.ndarray:
 
 def _seams(args: argparse.Namespace) -> int:
     from rissole.data import load_source
-    from rissole.fileio import JSON, write_json_atomic
+    from rissole_runtime.fileio import JSON, write_json_atomic
     from rissole.metrics.seams import seam_score
 
     res = seam_score(_grey_samples(args.samples, args.n), load_source(args.ref, limit=args.n).images, args.grid)
@@ -154,7 +154,7 @@ def _seams(args: argparse.Namespace) -> int:
 
 def _copies(args: argparse.Namespace) -> int:
     from rissole.data import load_source
-    from rissole.fileio import JSON, write_json_atomic
+    from rissole_runtime.fileio import JSON, write_json_atomic
     from rissole.metrics.copies import cached_nearest_distinct_pair, copy_rate
 
     train = load_source(args.train)

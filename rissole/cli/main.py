@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from rissole.errors import run_command
+from rissole_runtime.errors import run_command
 
 # Each module defines register(subparsers) and sets `func` on the parsers it adds.
 COMMAND_MODULES = (
@@ -31,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a command group not built yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -1,11 +1,11 @@
-"""`rissole train` and `rissole sample`: the RISSOLE block-diffusion head, and RDM / RARM (dispatched on `kind`)."""
+"""`rissole train` and `rissole sample` for every registered head (rissole.heads.registry: rissole, rdm, rarm)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from rissole.diffusion.solvers import SAMPLERS
+from rissole_runtime.diffusion.solvers import SAMPLERS
 from rissole_runtime import argtypes as at
 
 
@@ -30,32 +30,20 @@ def add_train_options(t: argparse.ArgumentParser, examples: str, overrides: str)
     t.add_argument("--stop-after", type=at.positive_int, default=None, help="end this invocation after N steps (checkpointed)")
 
 
-TRAINERS = {  # config kind -> module and function that train it
-    "rissole": ("rissole.heads.block_train", "train_block_diffusion"),
-    "rdm": ("rissole.heads.rdm_train", "train_rdm"),
-    "rarm": ("rissole.heads.rarm_train", "train_rarm"),
-    "joint": ("rissole.embeddings.joint_train", "train_joint"),  # the joint space's image tower (`rissole joint train`)
-}
-
-
 def _train(args: argparse.Namespace, only_kind: str | None = None) -> int:
-    import importlib
-
     from rissole.config import apply_overrides, load_config, naming_file
     from rissole.errors import ConfigError
     from rissole.fileio import output_lock
+    from rissole.heads.registry import trainer as trainer_of
     from rissole.training import check_resume_config
 
     cfg = apply_overrides(load_config(args.config), args.set)
     kind = cfg.pop("kind", "rissole")
     if only_kind is not None and kind != only_kind:
         raise ConfigError(f"{args.config}: kind {kind!r}; this command trains kind {only_kind!r}.")
-    if kind not in TRAINERS:
-        raise ConfigError(f"{args.config}: kind {kind!r} is not trainable here; expected one of {sorted(TRAINERS)}.")
+    train = trainer_of(kind, args.config)
     if args.resume:
         check_resume_config(args.out, cfg, args.allow_config_change)
-    module, name = TRAINERS[kind]
-    train = getattr(importlib.import_module(module), name)
     with naming_file(args.config), output_lock(args.out):  # a second run into the same --out fails at once
         trainer = train(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
     where = Path(args.out) / ("final" if trainer.step == trainer.tc["steps"] else "checkpoint")
@@ -63,29 +51,38 @@ def _train(args: argparse.Namespace, only_kind: str | None = None) -> int:
     return 0
 
 
+# SamplingOptions fields only some heads take: their flags default to None, so a flag the chosen head does
+# not take is refused only when the user gave it
+HEAD_FLAGS = ("sampler", "steps", "eta", "order", "k", "top_k", "temperature")
+
+
 def register_sample(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("sample", help="generate images with a trained RISSOLE, RDM or RARM model, as a PNG grid")
     s.add_argument("--ckpt", default=None, help="RISSOLE, RDM or RARM checkpoint directory (default: the shipped RISSOLE)")
-    s.add_argument("-n", type=at.positive_int, default=64, help="number of images")
-    s.add_argument("--steps", type=at.steps, default=50, help="network calls of the sampler (ignored with --sampler ddpm, "
-                                                             "which takes all T)")
-    s.add_argument("--sampler", choices=SAMPLERS, default="ddim",
-                   help="DDIM (respaced), DDPM ancestral, dpmpp2m (DPM-Solver++ 2M) or unipc (UniPC bh2)")
-    s.add_argument("--eta", type=at.ETA, default=0.0, help="DDIM eta: 0 deterministic, 1 with all steps = DDPM")
-    s.add_argument("--top-m", type=at.fraction, default=1.0, help="keep the top fraction m of p_D for pseudo-queries (RDM Eq. 7)")
+    s.add_argument("-n", type=at.positive_int, default=64, help="number of images (sampled in batches of 256)")
     s.add_argument("--guidance", type=at.GUIDANCE, default=1.0, help="classifier-free guidance scale against zero neighbours")
+    s.add_argument("--top-m", type=at.fraction, default=1.0, help="keep the top fraction m of p_D for pseudo-queries (RDM Eq. 7)")
     s.add_argument("--seed", type=at.seed, default=0, help="seed of the pseudo-queries and of the noise")
     s.add_argument("--query", nargs="*", default=None, metavar="IMAGE",
                    help="condition on your own images (PNG/JPEG; transparency composited onto white) instead of "
                         "pseudo-queries: n samples per query cycle over them")
-    s.add_argument("--order", choices=("parallel", "block_by_block"), default="parallel",
-                   help="all blocks in one call per step (default) or one block position at a time")
+    s.add_argument("--steps", type=at.steps, default=None, help="RISSOLE, RDM: network calls of the sampler (default 50; "
+                                                               "--sampler ddpm takes all T)")
+    s.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="RISSOLE, RDM: ddim (respaced, default), ddpm (ancestral), dpmpp2m (DPM-Solver++ 2M) or unipc "
+                        "(UniPC bh2)")
+    s.add_argument("--eta", type=at.ETA, default=None, help="RISSOLE, RDM: DDIM eta (default 0: deterministic; 1 with all "
+                                                           "steps = DDPM)")
+    s.add_argument("--order", choices=("parallel", "block_by_block"), default=None,
+                   help="RISSOLE: all blocks in one call per step (default) or one block position at a time")
+    s.add_argument("-k", type=at.positive_int, default=None, help="RDM, RARM: neighbours per sample (default: the model's "
+                                                                  "k_train; RISSOLE's k is fixed by its architecture)")
+    s.add_argument("--top-k", type=at.non_negative_int, default=None, help="RARM: sample among the k most likely codes "
+                                                                           "(default 0: all)")
+    s.add_argument("--temperature", type=at.TEMPERATURE, default=None, help="RARM: softmax temperature (default 1)")
     s.add_argument("--db", "--database", dest="db", default=None,
-                   help="database (default: the one recorded in the checkpoint); for RDM / RARM another embedding "
-                        "database of the same embedding swaps the database (seed 000, Sec. 4.3)")
-    s.add_argument("-k", type=at.positive_int, default=None, help="RDM / RARM: neighbours per sample (default: the model's k_train)")
-    s.add_argument("--top-k", type=at.non_negative_int, default=0, help="RARM: sample among the k most likely codes (0: all)")
-    s.add_argument("--temperature", type=at.TEMPERATURE, default=1.0, help="RARM: softmax temperature")
+                   help="database (default: the one recorded in the checkpoint); another database of the same kind "
+                        "swaps the database (RDM paper, Sec. 4.3)")
     s.add_argument("--vqgan", default=None, help="VQ-GAN checkpoint (default: the one recorded in the checkpoint)")
     s.add_argument("--out", default="samples.png", help="output PNG grid")
     s.add_argument("--npy", default=None, help="also save the samples as a uint8 .npy (N, C, H, W), e.g. for `rissole eval fid`")
@@ -96,64 +93,48 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    import dataclasses
     import time
 
     import numpy as np
     from tqdm import tqdm
 
+    from rissole.checkpoint import load_checkpoint
     from rissole.cli.sample_files import BATCH, check_outputs, sample_to_files, write_sample_files
-    from rissole.diffusion.solvers import make_sampler
-    from rissole.errors import ConfigError
-    from rissole.heads.block_pipeline import RissolePipeline
+    from rissole.heads.pipeline import SamplingOptions
+    from rissole.heads.registry import head, load_pipeline
     from rissole.paths import SHIPPED_RISSOLE, ensure_database_for
 
-    if args.eta and args.sampler in ("dpmpp2m", "unipc"):
-        raise ConfigError(f"--eta {args.eta}: {args.sampler} solves the probability-flow ODE and has no eta; "
-                          "eta is for --sampler ddim.")
     check_outputs(args)
     if args.ckpt is None:
         args.ckpt = str(SHIPPED_RISSOLE)
+    given = {f for f in HEAD_FLAGS if getattr(args, f) is not None}
+    options = SamplingOptions(guidance=args.guidance, top_m=args.top_m, seed=args.seed,
+                              **{f: getattr(args, f) for f in given})
+    kind = load_checkpoint(args.ckpt).kind
+    head(kind, args.ckpt).load("pipeline").check(options, given, args.ckpt)  # before any database is built
     if args.db is None:
         ensure_database_for(args.ckpt)
-    kind = checkpoint_kind(args.ckpt)
-    if kind in ("rdm", "rarm"):
-        from rissole.cli.neighbour_head_sample import sample_neighbour_head
-
-        return sample_neighbour_head(args)
-    pipe = RissolePipeline.load(args.ckpt, db=args.db, vqgan=args.vqgan, device=args.device)
-    sched = pipe.schedule
-    try:
-        sampler = make_sampler(args.sampler, sched, args.steps, args.eta)
-    except ValueError as e:
-        raise ConfigError(f"--sampler {args.sampler} --steps {args.steps} --eta {args.eta}: {e}") from None
+    pipe = load_pipeline(args.ckpt, database=args.db, vqgan=args.vqgan, device=args.device)
     rows, images = None, None
     if args.query:
         from rissole.data import ImageFolder
 
-        images = ImageFolder.from_files(args.query, size=pipe.vqgan.config.ddconfig["resolution"],
-                                        channels=pipe.vqgan.config.ddconfig["in_channels"]).images
-        ids = pipe.query_neighbours(images)[np.arange(args.n) % len(images)]
+        dd = pipe.vqgan.config.ddconfig
+        images = ImageFolder.from_files(args.query, size=dd["resolution"], channels=dd["in_channels"]).images
+        ids = pipe.query_neighbours(images, options.k)[np.arange(args.n) % len(images)]
     else:
-        rows = pipe.pseudo_queries(args.n, args.top_m, args.seed)
-        ids = pipe.table_neighbours(rows) if pipe.model.config.retrieval else None
-    bar = tqdm(total=len(sampler) * -(-args.n // BATCH), desc=f"sample {args.sampler}", unit="step")
+        rows = pipe.pseudo_queries(args.n, options.top_m, options.seed)
+        ids = pipe.neighbour_ids(rows, options.k)
+    bar = tqdm(total=pipe.num_steps(options) * -(-args.n // BATCH), desc=f"sample {kind}", unit="step")
     t0 = time.perf_counter()
-    out = sample_to_files(args.n, args.seed, args.npy, lambda sl, seed: pipe.generate(
-        None if ids is None else ids[sl], sampler, n=sl.stop - sl.start, seed=seed, guidance=args.guidance,
-        order=args.order, progress=lambda i: bar.update(1))[0])
+    out = sample_to_files(args.n, options.seed, args.npy, lambda sl, seed: pipe.generate(
+        None if ids is None else ids[sl], dataclasses.replace(options, seed=seed), n=sl.stop - sl.start,
+        progress=lambda i: bar.update(1))[0])
     bar.close()
     dt = time.perf_counter() - t0
     write_sample_files(args, pipe, out, ids, rows, images)
-    print(f"wrote {args.out}: {args.n} samples, {args.sampler} {len(sampler)} steps, {dt:.1f} s ({dt / args.n * 1e3:.0f} ms/image)")
+    k = "" if ids is None else f", k = {ids.shape[1]}"
+    print(f"wrote {args.out}: {args.n} {kind} samples ({pipe.describe(options)}{k}, guidance {options.guidance}, "
+          f"top-m {options.top_m}, database {pipe.db.path}), {dt:.1f} s ({dt / args.n * 1e3:.0f} ms/image)")
     return 0
-
-
-def checkpoint_kind(path: str) -> str | None:
-    """The `kind` in a checkpoint's config.yaml (None when unreadable: the loader then says why)."""
-    import yaml
-
-    try:
-        cfg = yaml.safe_load((Path(path) / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    return cfg.get("kind") if isinstance(cfg, dict) else None

@@ -4,37 +4,15 @@ one batched loop both sample paths generate through, so memory is bounded by a b
 from __future__ import annotations
 
 import argparse
-import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
-from rissole.fileio import NPY, atomic_path, create_memmap
-from rissole.images import save_grid
-from rissole_runtime.batches import BATCH, GRID_MAX, generate_in_batches
+from rissole_runtime.batches import BATCH, GRID_MAX, generate_in_batches, npy_store
+from rissole_runtime.fileio import NPY
+from rissole_runtime.images import save_grid
 
 __all__ = ["BATCH", "GRID_MAX", "check_outputs", "npy_store", "sample_to_files", "write_sample_files"]
-
-
-@contextlib.contextmanager
-def npy_store(path: str | None, n: int) -> Iterator[Callable[[slice, np.ndarray], None] | None]:
-    """A `store` for generate_in_batches writing all n samples into the .npy `path` as they come (a memmap with its
-    space reserved first, swapped in atomically when complete); None without a path."""
-    if not path:
-        yield None
-        return
-    with atomic_path(path, suffix=".npy", kind=NPY) as tmp:
-        arrays: list[np.memmap] = []
-
-        def store(sl: slice, images: np.ndarray) -> None:
-            if not arrays:
-                arrays.append(create_memmap(tmp, np.uint8, (n, *images.shape[1:]), "the samples (--npy)", path))
-            arrays[0][sl] = images
-
-        yield store
-        if arrays:
-            arrays[0].flush()
-        arrays.clear()
 
 
 def sample_to_files(n: int, seed: int, npy: str | None, generate: Callable[[slice, int], np.ndarray]) -> np.ndarray:
@@ -45,7 +23,7 @@ def sample_to_files(n: int, seed: int, npy: str | None, generate: Callable[[slic
 
 def check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before anything runs, outputs that would replace something other than a PNG / a .npy array."""
-    from rissole.fileio import PNG, check_replace
+    from rissole_runtime.fileio import PNG, check_replace
 
     for path, kind in ((args.out, PNG), (args.npy, NPY), (args.show_retrieval, PNG)):
         if path:

@@ -87,7 +87,7 @@ def side_by_side(originals: np.ndarray, recs: np.ndarray, pairs_per_row: int = 8
 def _reconstruct(args: argparse.Namespace) -> int:
     from rissole.autoencoder.losses import psnr
     from rissole.data import to_model_range
-    from rissole.images import save_grid
+    from rissole_runtime.images import save_grid
 
     originals, recs = reconstruct(args.ckpt, args.source, args.n, args.device, args.data_dir)
     save_grid(side_by_side(originals, recs), args.out, nrow=16)

@@ -9,7 +9,7 @@ import numpy as np
 
 from rissole.data.idx import read_idx
 from rissole.data.transforms import pad_to
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 
 FASHION_MNIST_DIR = Path(os.environ.get("RISSOLE_FMNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 CLASS_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")

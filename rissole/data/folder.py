@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 BACKGROUND = 255  # transparent pixels are composited onto white, as a viewer shows a sticker or an icon

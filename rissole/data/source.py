@@ -21,7 +21,7 @@ import numpy as np
 
 from rissole.data.fashion_mnist import load_fashion_mnist
 from rissole.data.folder import ImageFolder
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 
 
 @dataclass

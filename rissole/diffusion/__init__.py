@@ -1,8 +1,7 @@
-"""Diffusion: the noise schedule and samplers (numpy-only, shared with the torch-free runtime).
+"""Diffusion for the heads: the training-time forward process (rissole.diffusion.training, torch) on top
+of the numpy schedule, samplers, denoise loop, prediction conversion and guidance that the runtime
+distribution owns (rissole_runtime.diffusion)."""
 
-Nothing imported here may import torch: the edge runtime uses this module as it is.
-"""
-
-from rissole.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule, guide
+from rissole_runtime.diffusion.schedule import DDIMSampler, DDPMSampler, NoiseSchedule, guide
 
 __all__ = ["DDIMSampler", "DDPMSampler", "NoiseSchedule", "guide"]

@@ -1,12 +1,13 @@
 """The forward process at training time, shared by every diffusion head (RISSOLE blocks, RDM latents):
 one timestep per sample, x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, and the regression target of the
-model's parametrisation (eps, or v = sqrt(ab) eps - sqrt(1 - ab) x0)."""
+model's parametrisation (rissole_runtime.diffusion.prediction.training_target: eps, v or x0)."""
 
 from __future__ import annotations
 
 import torch
 
-from rissole.diffusion.schedule import NoiseSchedule
+from rissole_runtime.diffusion.prediction import training_target
+from rissole_runtime.diffusion.schedule import NoiseSchedule
 
 
 class ForwardNoising:
@@ -24,5 +25,4 @@ class ForwardNoising:
         eps = torch.randn(x0.shape, generator=generator).to(dev)
         a = self.sqrt_ab[t].to(dev).view(-1, 1, 1, 1)
         s = self.sqrt_1m_ab[t].to(dev).view(-1, 1, 1, 1)
-        target = eps if prediction == "eps" else a * eps - s * x0
-        return a * x0 + s * eps, t.to(dev), target
+        return a * x0 + s * eps, t.to(dev), training_target(prediction, x0, eps, a, s)

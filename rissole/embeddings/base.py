@@ -1,4 +1,4 @@
-"""One interface for the neighbour embeddings phi(y) of RDM and RARM (seed 000, Sec. 3.1, App. E.2).
+"""One interface for the neighbour embeddings phi(y) of RDM and RARM (RDM paper, Sec. 3.1, App. E.2).
 
     emb = make_embedder("vq", vqgan=path) ; v = emb.embed_images(uint8 (n, C, H, W))  # (n, d), unit length
 

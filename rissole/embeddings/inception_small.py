@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rissole.embeddings.base import Embedder, EmbeddingSpec
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 
 MIN_SIZE = 75
 FEATURE_DIM = 2048

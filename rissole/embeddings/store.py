@@ -24,8 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from rissole.embeddings.base import Embedder, EmbeddingSpec
-from rissole.errors import DataError
-from rissole.fileio import LATENTS, atomic_path, check_replace, check_sidecars, create_memmap, output_lock, write_json_atomic
+from rissole_runtime.errors import DataError
+from rissole_runtime.fileio import LATENTS, atomic_path, check_replace, check_sidecars, create_memmap, output_lock, write_json_atomic
 from rissole.latents import FORMAT as LATENTS_FORMAT, FORMAT_VERSION as LATENTS_VERSION, Latents, open_latents
 from rissole.retrieval.database import BlockDatabase, build_database, open_database
 from rissole_runtime.validate import check_finite, contained_path

@@ -1,4 +1,4 @@
-"""phi = the neighbour's own VQ-GAN latent as a token sequence (seed 000, App. E.2 and F.3.5).
+"""phi = the neighbour's own VQ-GAN latent as a token sequence (RDM paper, App. E.2 and F.3.5).
 
 A latent (c, h, w) becomes h*w spatial tokens of c channels in raster order; the flat vector
 (h*w*c, token-major) is scaled to unit length for retrieval. With k neighbours a head sees

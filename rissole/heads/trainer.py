@@ -27,19 +27,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rissole.checkpoint import Checkpoint, flatten_optimizer, load_checkpoint, restore_optimizer, save_checkpoint
+from rissole.checkpoint import Checkpoint
 from rissole.config import require, require_data
 from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
 from rissole.ema import EMA
-from rissole.errors import CheckpointError, ConfigError
+from rissole_runtime.errors import ConfigError
 from rissole.models.params import format_counts
 from rissole.training import (
+    RunTrainer,
     append_csv,
     batch_indices,
     check_fresh_run,
     learning_rate,
-    restore_rng,
-    rng_tensors,
     set_learning_rate,
     truncate_csv,
     with_defaults,
@@ -63,7 +62,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
 }
 
 
-class HeadTrainer:
+class HeadTrainer(RunTrainer):
     """Owns the model, EMA, optimizer, RNG and data of one run."""
 
     kind: ClassVar[str]
@@ -97,10 +96,19 @@ class HeadTrainer:
 
     # --- what a head supplies ---
     def build_model(self) -> torch.nn.Module:
-        raise NotImplementedError
+        """The registered head's model (rissole.heads.registry); a diffusion head's prediction is written into
+        the config explicitly, so the checkpoint keeps sampling the same if the default changes again."""
+        from rissole.heads.registry import head
+
+        model = head(self.kind).build_model(self.config["model"])
+        if hasattr(model.config, "prediction"):
+            self.config["model"].setdefault("prediction", model.config.prediction)
+        return model
 
     def count_parameters(self) -> dict[str, int]:
-        raise NotImplementedError
+        from rissole.heads.registry import head
+
+        return head(self.kind).load("parameter_counts")(self.model)
 
     def setup_data(self) -> None:
         raise NotImplementedError
@@ -114,39 +122,12 @@ class HeadTrainer:
     def on_resume(self, ckpt: Checkpoint) -> None:
         """Restore run state that lives in the config (e.g. a latent scale factor measured at the start)."""
 
-    # --- shared ---
-    def _cfg(self) -> dict[str, Any]:
-        return {k: v for k, v in self.config.items() if k not in ("kind", "format_version", "step")}
+    # --- the save / resume skeleton's hooks (rissole.training.RunTrainer) ---
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt": self.opt}
 
-    def _weights(self) -> dict[str, dict[str, torch.Tensor]]:
-        w = {"model": self.model.state_dict()}
-        if self.ema:
-            w["ema"] = self.ema.state_dict()
-        return w
-
-    def save(self) -> None:
-        tensors, meta = flatten_optimizer(self.opt, "opt")
-        tensors.update(rng_tensors(self.gen))
-        save_checkpoint(self.run_dir / "checkpoint", self.kind, self.step, self._cfg(), self._weights(), tensors,
-                        {"opt": meta, "scaler": self.scaler.state_dict()})
-
-    def save_final(self) -> Path:
-        return save_checkpoint(self.run_dir / "final", self.kind, self.step, self._cfg(), self._weights())
-
-    def resume(self) -> None:
-        ckpt = load_checkpoint(self.run_dir / "checkpoint", expect_kind=self.kind, with_trainer=True)
-        if ckpt.config["model"] != self.config["model"]:
-            raise CheckpointError(f"{ckpt.path}: the checkpoint's model config differs from the one given; "
-                                  "resume with the same config.")
+    def restore_extra(self, ckpt: Checkpoint) -> None:
         self.on_resume(ckpt)
-        ckpt.load_into(self.model, "model")
-        if self.ema:
-            self.ema.load_state_dict(ckpt.weights["ema"], num_updates=ckpt.step)
-        restore_optimizer(self.opt, "opt", ckpt.trainer_tensors, ckpt.trainer_meta["opt"])
-        restore_rng(ckpt.trainer_tensors, self.gen)
-        if "scaler" in ckpt.trainer_meta:  # checkpoints written before mixed precision have none
-            self.scaler.load_state_dict(ckpt.trainer_meta["scaler"])
-        self.step = ckpt.step
 
     def train_step(self) -> dict[str, float]:
         tc = self.tc

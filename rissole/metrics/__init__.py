@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 from rissole.metrics.fid import feature_stats, fid_from_features, frechet_distance
 
 # kid() and precision_recall() are not re-exported here: the names would shadow their submodules.

@@ -74,7 +74,7 @@ def cached_nearest_distinct_pair(train: np.ndarray, key: str, progress: bool = T
     (60k images cost minutes; the bar of a data set never changes)."""
     import json
 
-    from rissole.fileio import write_json_atomic
+    from rissole_runtime.fileio import write_json_atomic
     from rissole.metrics.reference import cache_dir
 
     path = cache_dir().parent / "copies" / f"{key}.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

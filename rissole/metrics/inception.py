@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from rissole.device import pick_device
-from rissole.errors import CheckpointError, DataError
-from rissole.fileio import sha256_file
+from rissole_runtime.errors import CheckpointError, DataError
+from rissole_runtime.fileio import sha256_file
 
 INCEPTION_FILE = "default_1.pt"
 INCEPTION_ENV = "RISSOLE_INCEPTION"

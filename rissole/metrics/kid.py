@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 
 # Below this many rows in total the three full kernel matrices are computed once and subsets index
 # them (at most 3 x 6000^2 float64 = 0.9 GB); above, each subset computes its own kernels.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 
 
 def _sq_distances(a: np.ndarray, b: np.ndarray, a_sq: np.ndarray, b_sq: np.ndarray) -> np.ndarray:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from rissole.data import ImageSet, load_source, parse_source
-from rissole.errors import DataError
-from rissole.fileio import atomic_path
+from rissole_runtime.errors import DataError
+from rissole_runtime.fileio import atomic_path
 from rissole.metrics.fid import feature_stats
 from rissole.metrics.inception import FEATURE_DIM, inception_features, inception_hash
 

@@ -1,4 +1,4 @@
-"""RISSOLE's block denoiser (seed 003, Sec. 4.1.3): eps_psi(z_t^i, t, neighbours' i-th blocks).
+"""RISSOLE's block denoiser (RISSOLE paper, Sec. 4.1.3): eps_psi(z_t^i, t, neighbours' i-th blocks).
 
     e_x = conv3x3(z_t^i)                          (c -> C)
     e_c = conv3x3(concat of the k neighbour blocks) (k*c -> C)        if retrieval
@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rissole.config import ModelConfig
-from rissole.errors import ConfigError
+from rissole_runtime.diffusion.prediction import PREDICTIONS
+from rissole_runtime.errors import ConfigError
 from rissole.models.layers import Downsample, ResBlock, SelfAttention, Upsample, group_norm, timestep_embedding
 
 
@@ -40,11 +41,11 @@ class BlockDenoiserConfig(ModelConfig):
     position: bool = False  # on: RISSOLE+Pos
     previous_block: bool = False  # on: RISSOLE+P (sequential sampling)
     key: str = "block0"  # retrieval key: block 0 (the paper) or the whole latent ("latent"), see rissole.retrieval.keys
-    # what the network outputs: "eps" (the noise, as LDM/RISSOLE) or "v" (sqrt(ab) eps - sqrt(1 - ab) x0).
+    # what the network outputs: "eps" (the noise, as LDM/RISSOLE), "v" (sqrt(ab) eps - sqrt(1 - ab) x0) or "x0".
     # The input LayerNorm hides each block's overall scale, which puts a floor of about 1/d under the
     # eps error; eps-prediction multiplies it by 1/ab_t at high t (x0 error > 100 at t = 999 here),
     # v-prediction does not. See README "RISSOLE".
-    prediction: str = "eps"
+    prediction: str = "v"
 
     def __post_init__(self) -> None:
         if self.latent_size % self.grid:
@@ -52,8 +53,8 @@ class BlockDenoiserConfig(ModelConfig):
                 f"latent size {self.latent_size} is not divisible by grid {self.grid}; "
                 "use a grid that divides it (an 8x8 latent takes g in {1, 2, 4}) or a first stage with a 12x12 latent for g=3."
             )
-        if self.prediction not in ("eps", "v"):
-            raise ConfigError(f"prediction must be 'eps' or 'v', found {self.prediction!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(f"model.prediction must be one of {', '.join(PREDICTIONS)}, found {self.prediction!r}")
         if self.key not in ("block0", "latent"):
             raise ConfigError(f"key must be 'block0' or 'latent', found {self.key!r}")
         if self.block_size % 2 ** (len(self.channel_mult) - 1):

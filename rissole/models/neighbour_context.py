@@ -7,7 +7,7 @@
     -> LayerNorm -> (B, k * tokens, context_dim)
 
 The projection is per token, so the same weights serve any k at inference (k x tokens, not k
-concatenated along channels). The all-zero conditioning of classifier-free guidance (seed 000,
+concatenated along channels). The all-zero conditioning of classifier-free guidance (RDM paper,
 App. D.2) is all-zero *embeddings*, passed through this same projection.
 """
 

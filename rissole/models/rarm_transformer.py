@@ -1,4 +1,4 @@
-"""RARM's decoding head (seed 000, Sec. 3.2.2, App. F.2.2): a decoder-only transformer over the VQ code
+"""RARM's decoding head (RDM paper, Sec. 3.2.2, App. F.2.2): a decoder-only transformer over the VQ code
 indices of a latent in raster order, with a cross-attention block after every self-attention block
 attending to the k neighbour embeddings (the same NeighbourContext projection as RDM).
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rissole.errors import ConfigError
+from rissole_runtime.errors import ConfigError
 from rissole.models.layers import CrossAttention, FeedForward
 from rissole.models.neighbour_context import NeighbourContext
 from rissole.models.rdm_unet import NeighbourConditioning

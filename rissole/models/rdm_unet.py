@@ -1,4 +1,4 @@
-"""RDM's decoding head (seed 000, Sec. 3.2.1): a latent-diffusion UNet over the whole latent,
+"""RDM's decoding head (RDM paper, Sec. 3.2.1): a latent-diffusion UNet over the whole latent,
 conditioned by cross-attention on the embeddings of the k retrieved neighbours.
 
     context = NeighbourContext(neighbour embeddings (B, k, d))      (B, k*tokens, context_dim)
@@ -20,7 +20,8 @@ from torch import nn
 
 from rissole.config import ModelConfig
 from rissole.embeddings.base import EmbeddingSpec
-from rissole.errors import ConfigError
+from rissole_runtime.diffusion.prediction import PREDICTIONS
+from rissole_runtime.errors import ConfigError
 from rissole.models.layers import Downsample, ResBlock, SpatialTransformer, Upsample, group_norm, timestep_embedding
 from rissole.models.neighbour_context import NeighbourContext
 
@@ -50,11 +51,11 @@ class RDMUNetConfig(NeighbourConditioning):
     attention_resolutions: list[int] = field(default_factory=lambda: [1, 2])
     num_heads: int = 4
     dropout: float = 0.0
-    prediction: str = "eps"  # or "v" (sqrt(ab) eps - sqrt(1 - ab) x0)
+    prediction: str = "v"  # eps, v or x0 (rissole_runtime.diffusion.prediction); eps samples broken images here (README)
 
     def __post_init__(self) -> None:
-        if self.prediction not in ("eps", "v"):
-            raise ConfigError(f"prediction must be 'eps' or 'v', found {self.prediction!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ConfigError(f"model.prediction must be one of {', '.join(PREDICTIONS)}, found {self.prediction!r}")
         if self.latent_size % 2 ** (len(self.channel_mult) - 1):
             raise ConfigError(f"latent size {self.latent_size} cannot be halved {len(self.channel_mult) - 1} times; "
                               "shorten channel_mult.")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from einops import rearrange
 
-from rissole.retrieval.blocks import split_blocks
+from rissole_runtime.retrieval.blocks import split_blocks
 from rissole.retrieval.database import BlockDatabase
 
 KEY_MODES = ("block0", "latent", "all_blocks")

@@ -14,24 +14,20 @@ On disk, in <db>/neighbours/: <name>.ids.npy int32 (N, k), <name>.scores.npy flo
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
 
-from rissole.errors import DataError
-from rissole.fileio import atomic_path, write_json_atomic
-from rissole.retrieval.database import BlockDatabase
+from rissole_runtime.fileio import atomic_path, write_json_atomic
+from rissole_runtime.retrieval.database import BlockDatabase
+from rissole_runtime.retrieval.tables import (  # noqa: F401 - re-exported: the reader lives in the runtime
+    TABLE_DIR, NeighbourTable, list_tables, open_table, table_paths)
 from rissole.retrieval.keys import KeySet, latent_keys
 from rissole.retrieval.searchers import make_searcher
 from rissole.retrieval.searchers.base import Searcher
-from rissole_runtime.validate import INT, LIST, STR, Field, check_schema
-
-TABLE_DIR = "neighbours"
 
 
 def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,22 +64,6 @@ def compute_table(
     return ids_out, scores_out
 
 
-@dataclass
-class NeighbourTable:
-    ids: np.ndarray  # int32 (N, k), read-only memmap
-    scores: np.ndarray  # float32 (N, k)
-    meta: dict[str, Any]
-
-    @property
-    def k(self) -> int:
-        return int(self.ids.shape[1])
-
-
-def table_paths(db: BlockDatabase, name: str) -> tuple[Path, Path, Path]:
-    base = db.path / TABLE_DIR / name
-    return base.with_suffix(".ids.npy"), base.with_suffix(".scores.npy"), base.with_suffix(".json")
-
-
 def save_table(db: BlockDatabase, name: str, ids: np.ndarray, scores: np.ndarray, meta: dict[str, Any]) -> None:
     """Write ids, scores, then the JSON last: a table without its JSON is never opened."""
     pid, psc, pjs = table_paths(db, name)
@@ -91,55 +71,6 @@ def save_table(db: BlockDatabase, name: str, ids: np.ndarray, scores: np.ndarray
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
     write_json_atomic(pjs, {**meta, "name": name, "shape": list(ids.shape), "db_sha256": db.manifest["sha256"]})
-
-
-def open_table(db: BlockDatabase, name: str) -> NeighbourTable:
-    """Map a saved table read-only, refusing one made for another database or cut short."""
-    pid, psc, pjs = table_paths(db, name)
-    if not pjs.is_file():
-        raise DataError(f"{pjs}: no neighbour table {name!r} in {db.path}. Make it with `rissole db neighbours {db.path}`.")
-    try:
-        meta = json.loads(pjs.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{pjs}: corrupt ({exc}). Re-run `rissole db neighbours`.") from exc
-    check_schema(meta, {"shape": Field(LIST, length=2, items=INT, min=0), "db_sha256": Field(STR)}, pjs,
-                 fix="Re-run `rissole db neighbours`.")
-    if meta.get("db_sha256") != db.manifest["sha256"]:
-        raise DataError(f"{pjs}: made for another database ({str(meta.get('db_sha256'))[:12]}). Re-run `rissole db neighbours`.")
-    try:
-        ids, scores = np.load(pid, mmap_mode="r"), np.load(psc, mmap_mode="r")
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{pid.parent}: table {name!r} is truncated or corrupt ({exc}). Re-run `rissole db neighbours`.") from exc
-    if ids.dtype.kind not in "iu" or scores.dtype.kind != "f":
-        raise DataError(f"{pid}: ids {ids.dtype}, scores {scores.dtype}; expected integer ids and float scores "
-                        "(float ids would be rounded silently). Re-run `rissole db neighbours`.")
-    if list(ids.shape) != meta["shape"] or ids.shape != scores.shape:
-        raise DataError(f"{pid}: shape {list(ids.shape)}, its JSON says {meta['shape']}. Re-run `rissole db neighbours`.")
-    lo, hi = _id_range(pid, ids)
-    if ids.size and (hi >= db.rows or lo < 0):
-        raise DataError(f"{pid}: ids outside [0, {db.rows}). Re-run `rissole db neighbours`.")
-    return NeighbourTable(ids, scores, meta)
-
-
-def _id_range(path: Path, ids: np.memmap, chunk: int = 1 << 20) -> tuple[int, int]:
-    """(min, max) of a mapped id table, read with plain reads in chunks rather than through the map: the
-    scanned pages stay in the page cache, not in the process (the edge runtime's peak RSS does not grow
-    with the rows of the table)."""
-    lo, hi = 0, -1
-    with open(path, "rb") as f:
-        f.seek(int(ids.offset))
-        left, first = ids.size, True
-        while left:
-            part = np.fromfile(f, dtype=ids.dtype, count=min(chunk, left))
-            if not part.size:
-                break
-            lo, hi = (int(part.min()), int(part.max())) if first else (min(lo, int(part.min())), max(hi, int(part.max())))
-            first, left = False, left - part.size
-    return lo, hi
-
-
-def list_tables(db: BlockDatabase) -> list[str]:
-    return sorted(p.name[: -len(".json")] for p in (db.path / TABLE_DIR).glob("*.json"))
 
 
 def remove_table(db: BlockDatabase, name: str) -> None:

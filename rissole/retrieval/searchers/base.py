@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from rissole.errors import DataError
-from rissole.fileio import INDEX, atomic_dir
+from rissole_runtime.errors import DataError
+from rissole_runtime.fileio import INDEX, atomic_dir
 from rissole.retrieval.keys import KeySet, normalise
 
 SEARCHER_FILE = "searcher.json"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 from rissole.retrieval.keys import KeySet
 from rissole.retrieval.searchers.base import Searcher, select_top_k
 

@@ -1,0 +1,62 @@
+"""What the pipelines of the RDM paper's heads (RDM, RARM) share: a model conditioned on neighbour embeddings,
+its embedding database and its VQ-GAN (rissole.heads.pipeline; the heads: rissole.heads.rdm.pipeline,
+rissole.heads.rarm.pipeline).
+
+    pipe = load_pipeline("checkpoints/rdm-fmnist-vq", database=None)   # or database=OTHER: swap
+    rows = pipe.pseudo_queries(64, top_m=0.01, seed=0)       # p_D (RDM paper, Eq. 5), top-m (Eq. 7)
+    images, _ = pipe.generate(pipe.neighbour_ids(rows), SamplingOptions(seed=0, guidance=2.0, steps=100))
+
+Unconditional sampling needs no search: pseudo-queries come from p_D of the database (uniform when
+it has no training table) and their neighbours from its `database` table. Swapping the database
+(RDM paper, Sec. 4.3) is opening another embedding database of the same embedding: its table, its
+p_D and its vectors are used from then on.
+"""
+
+from __future__ import annotations
+
+import os
+import numpy as np
+import torch
+
+from rissole.checkpoint import Checkpoint
+from rissole.embeddings.base import EmbeddingSpec
+from rissole.embeddings.store import KEY_MODE, EmbeddingDatabase, open_embedding_database
+from rissole.heads.pipeline import Pipeline
+
+
+class NeighbourHeadPipeline(Pipeline):
+    """What RDM and RARM share: the embedding database (self.db is its block database)."""
+
+    edb: EmbeddingDatabase
+
+    @classmethod
+    def open(cls, ckpt: Checkpoint, model: torch.nn.Module, database: str | os.PathLike, vqgan: torch.nn.Module,
+             device: torch.device) -> "NeighbourHeadPipeline":
+        edb = open_embedding_database(database)
+        spec: EmbeddingSpec = model.config.embedding_spec()
+        edb.check_spec(spec, f"the model {ckpt.path}")
+        if spec.embedder == "vq":  # vectors of another VQ-GAN's latents live in another space
+            edb.db.check_vqgan(ckpt.config["vqgan_hash"], f"the model {ckpt.path}")
+        pipe = cls(ckpt, model, edb.db, vqgan, device)
+        pipe.edb = edb
+        return pipe
+
+    @torch.no_grad()
+    def query_neighbours(self, images: np.ndarray, k: int | None = None) -> np.ndarray:
+        """Embedded as the database was, searched exactly."""
+        from rissole.embeddings import embedder_for_spec
+        from rissole.retrieval.keys import KeySet
+        from rissole.retrieval.searchers import make_searcher
+
+        lat_shape = tuple(self.edb.source_latents().array.shape[1:])
+        embedder = embedder_for_spec(self.edb.spec, lat_shape, vqgan=self.vqgan, device=str(self.device))
+        queries = embedder.embed_images(images)
+        return make_searcher("exact").build(KeySet(self.db, KEY_MODE)).search(queries, k or self.k)[0]
+
+    def neighbour_embeddings(self, neighbour_ids: np.ndarray) -> torch.Tensor:
+        """(n, k, d) float32: what the head's cross-attention reads, from this pipeline's database."""
+        return torch.from_numpy(self.edb.embeddings(neighbour_ids))
+
+    def row_latents(self, rows: np.ndarray) -> np.ndarray:
+        """The rows' source latents (the embedding database keeps where they came from)."""
+        return self.edb.latents(np.asarray(rows))

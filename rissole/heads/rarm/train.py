@@ -1,0 +1,76 @@
+"""Training RARM (RDM paper, Sec. 3.2.2): the code-index transformer with cross-attention to neighbour
+embeddings, on the shared head trainer (rissole.heads.trainer).
+
+Data: an embedding database and its `train` table, as for RDM; the training latents are turned into
+code indices once at start (rissole.heads.rarm.codes) with the VQ-GAN named in data.vqgan, whose
+hash must be the one the latents were encoded with.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rissole_runtime.errors import DataError
+from rissole.heads.rarm.codes import code_indices, vqgan_codebook
+from rissole.heads.neighbour_data import resolve_path
+from rissole.heads.rdm.train import NeighbourHeadTrainer
+from rissole.heads.registry import head
+from rissole.heads.trainer import COMMON_DEFAULTS, train_head
+from rissole.models.params import used_parameters
+from rissole.models.rarm_transformer import RARMTransformer
+
+KIND = "rarm"
+
+
+
+def parameter_counts(model: RARMTransformer) -> dict[str, int]:
+    """Used parameters per component, from one forward pass on a dummy batch of two sequences."""
+    cfg = model.config
+    dev = next(model.parameters()).device
+    tokens = torch.zeros(2, cfg.seq_len, dtype=torch.long, device=dev)
+    nb = torch.zeros(2, cfg.k, cfg.context_tokens * cfg.context_token_dim, device=dev)
+    return used_parameters(model, lambda: model(tokens, nb))
+
+
+class RARMTrainer(NeighbourHeadTrainer):
+    kind = KIND
+    defaults = COMMON_DEFAULTS
+
+    def setup_data(self) -> None:
+        from rissole.checkpoint import load_checkpoint
+        from rissole.paths import REPO_ROOT, SHIPPED_VQGAN
+
+        config, dc, mc = self.config, self.config["data"], self.model.config
+        edb = self.open_batcher()
+        vq_path = str(resolve_path(dc.get("vqgan") or str(SHIPPED_VQGAN), REPO_ROOT))
+        vq_hash = load_checkpoint(vq_path).weights_hash()
+        if vq_hash != edb.db.checkpoint_hash:
+            raise DataError(f"{vq_path}: VQ-GAN {vq_hash[:12]}, but the training latents of {edb.path} were encoded with "
+                            f"{edb.db.checkpoint_hash[:12]}. Set data.vqgan to that VQ-GAN.")
+        config["vqgan_hash"] = vq_hash
+        lat = self.batcher.latents_file.array
+        if mc.seq_len != lat.shape[2] * lat.shape[3]:
+            raise DataError(f"{self.batcher.latents_file.path}: latents of {lat.shape[2]} x {lat.shape[3]} = "
+                            f"{lat.shape[2] * lat.shape[3]} codes, the config says model.seq_len = {mc.seq_len}.")
+        codebook = vqgan_codebook(vq_path)
+        if codebook.shape[0] != mc.vocab_size:
+            raise DataError(f"{vq_path}: {codebook.shape[0]} codes, the config says model.vocab_size = {mc.vocab_size}.")
+        self.codes = torch.from_numpy(code_indices(self.batcher.all_latents(), codebook))
+
+    def loss(self, ids: np.ndarray) -> torch.Tensor:
+        codes = self.codes[torch.from_numpy(np.asarray(ids))].to(self.device)
+        nb = self.batcher.neighbours(ids).to(self.device)
+        drop = (torch.rand(len(ids), generator=self.gen) < self.tc["cond_dropout"]).to(self.device)
+        logits = self.model(self.model.shift_right(codes), nb.masked_fill(drop.view(-1, 1, 1), 0.0))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
+
+
+def train_rarm(config: dict[str, Any], run_dir: str | os.PathLike, resume: bool = False, stop_after: int | None = None,
+               progress: bool = True) -> RARMTrainer:
+    """Train (or resume) a RARM run; `stop_after` ends this invocation early, with a checkpoint."""
+    return train_head(RARMTrainer, config, run_dir, resume, stop_after, progress)  # type: ignore[return-value]

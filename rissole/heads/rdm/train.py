@@ -1,0 +1,89 @@
+"""Training RDM (RDM paper): the latent-diffusion UNet with cross-attention to neighbour embeddings,
+on the shared head trainer (rissole.heads.trainer).
+
+Data: an embedding database (`rissole embed ... --db`) and its `train` neighbour table. The final
+config records what sampling needs: the database, the latent scale factor and the VQ-GAN hash.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from rissole.checkpoint import Checkpoint
+from rissole_runtime.diffusion.schedule import NoiseSchedule
+from rissole.embeddings.store import EmbeddingDatabase, open_embedding_database
+from rissole_runtime.errors import DataError
+from rissole.heads.neighbour_data import NeighbourBatcher, latents_std
+from rissole.heads.rdm.loss import RDMLoss
+from rissole.heads.registry import head
+from rissole.heads.trainer import COMMON_DEFAULTS, HeadTrainer, train_head
+from rissole.models.params import used_parameters
+from rissole.models.rdm_unet import RDMUNet
+from rissole.retrieval.neighbours import open_table
+
+KIND = "rdm"
+
+
+
+def parameter_counts(model: RDMUNet) -> dict[str, int]:
+    """Used parameters per component, from one forward pass on a dummy batch of two latents."""
+    cfg = model.config
+    dev = next(model.parameters()).device
+    x = torch.zeros(2, cfg.latent_channels, cfg.latent_size, cfg.latent_size, device=dev)
+    nb = torch.zeros(2, cfg.k, cfg.context_tokens * cfg.context_token_dim, device=dev)
+    return used_parameters(model, lambda: model(x, torch.zeros(2, dtype=torch.long, device=dev), nb))
+
+
+class NeighbourHeadTrainer(HeadTrainer):
+    """What RDM and RARM training share: training rows and their neighbours' embeddings from an
+    embedding database and its table (data.db, data.table)."""
+
+    def open_batcher(self) -> EmbeddingDatabase:
+        dc, mc = self.config["data"], self.model.config
+        edb = open_embedding_database(dc["db"])
+        table = open_table(edb.db, dc.get("table", "train"))
+        self.batcher = NeighbourBatcher(edb, table, mc.embedding_spec(), mc.k, "the config")
+        return edb
+
+    def num_rows(self) -> int:
+        return len(self.batcher)
+
+
+class RDMTrainer(NeighbourHeadTrainer):
+    kind = KIND
+    defaults = COMMON_DEFAULTS
+
+    def setup_data(self) -> None:
+        config, mc = self.config, self.model.config
+        edb = self.open_batcher()
+        shape = tuple(self.batcher.latents_file.array.shape[1:])
+        if shape != (mc.latent_channels, mc.latent_size, mc.latent_size):
+            raise DataError(f"{self.batcher.latents_file.path}: latents {list(shape)}, the config expects "
+                            f"[{mc.latent_channels}, {mc.latent_size}, {mc.latent_size}] (model.latent_channels, latent_size).")
+        if config.get("vqgan_hash") is not None:
+            edb.db.check_vqgan(config["vqgan_hash"], "the config")
+        config["vqgan_hash"] = edb.db.checkpoint_hash
+        if "scale_factor" not in config:
+            config["scale_factor"] = 1.0 / latents_std(self.batcher.latents_file.array, self.batcher.rows)
+        self.scale = float(config["scale_factor"])
+        self.schedule = NoiseSchedule.from_dict(config.get("diffusion", {}))
+        config["diffusion"] = self.schedule.to_dict()
+        self.loss_fn = RDMLoss(self.schedule, self.tc["cond_dropout"])
+
+    def on_resume(self, ckpt: Checkpoint) -> None:
+        self.config["scale_factor"] = ckpt.config["scale_factor"]
+        self.scale = float(ckpt.config["scale_factor"])
+
+    def loss(self, ids: np.ndarray) -> torch.Tensor:
+        x0 = torch.from_numpy(self.batcher.latents(ids) * np.float32(self.scale)).to(self.device)
+        return self.loss_fn(self.model, x0, self.batcher.neighbours(ids).to(self.device), self.gen)
+
+
+def train_rdm(config: dict[str, Any], run_dir: str | os.PathLike, resume: bool = False, stop_after: int | None = None,
+              progress: bool = True) -> RDMTrainer:
+    """Train (or resume) an RDM run; `stop_after` ends this invocation early, with a checkpoint."""
+    return train_head(RDMTrainer, config, run_dir, resume, stop_after, progress)  # type: ignore[return-value]

@@ -1,0 +1,75 @@
+"""Golden samples of the three shipped heads: fixed seeds, a few steps, exact pixel statistics.
+
+The numbers were recorded from the code before the head layer was restructured (one pipeline, one
+sampling path, prediction conversion in rissole.diffusion); any change to what a seed samples, in
+the noise, the neighbours, p_D, the v -> eps conversion, guidance or the RARM draw, changes them.
+Only the `rissole` command line is used, so the test does not depend on the library's internal API.
+
+The databases are small ones built here (the first 300 training images through the shipped
+VQ-GAN, exact tables), so the test needs neither the shipped 60k-row databases nor minutes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rissole.cli.main import main as rissole
+from rissole.paths import SHIPPED_RARM, SHIPPED_RDM, SHIPPED_RISSOLE
+
+ROWS = 300
+
+
+@pytest.fixture(scope="module")
+def databases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("golden")
+    lat = d / "lat.npy"
+    steps = [
+        ["encode", "--source", "fmnist:train", "--limit", str(ROWS), "--out", str(lat)],
+        ["db", "build", str(lat), "--out", str(d / "blocks"), "--grid", "2"],
+        ["db", "neighbours", str(d / "blocks"), "--backend", "exact", "-k", "20"],
+        ["embed", str(lat), "--embedder", "vq", "--rows", f"0:{ROWS // 2}", "--out", str(d / "a.npy")],
+        ["embed", str(lat), "--embedder", "vq", "--rows", f"{ROWS // 2}:{ROWS}", "--out", str(d / "b.npy"),
+         "--db", str(d / "emb")],
+        ["db", "neighbours", str(d / "emb"), "--backend", "exact", "--keys", "latent", "-k", "20",
+         "--queries", str(d / "a.npy")],
+    ]
+    for argv in steps:
+        assert rissole(argv) == 0, argv
+    return {"rissole": d / "blocks", "embedding": d / "emb"}
+
+
+# (checkpoint, database, extra sampling flags) -> (sum of all uint8 pixels, pixels at PROBES)
+PROBES = ((0, 0, 16, 16), (1, 0, 10, 20), (2, 0, 25, 8), (-1, 0, 5, 27))
+CASES = {
+    "rissole": (SHIPPED_RISSOLE, "rissole", ["--steps", "4"]),
+    "rissole-guided-eta": (SHIPPED_RISSOLE, "rissole", ["--steps", "4", "--guidance", "2", "--eta", "1",
+                                                        "--top-m", "0.5"]),
+    "rdm": (SHIPPED_RDM, "embedding", ["--steps", "4"]),
+    "rdm-guided-eta": (SHIPPED_RDM, "embedding", ["--steps", "4", "--guidance", "2", "--eta", "1", "--top-m", "0.5"]),
+    "rarm": (SHIPPED_RARM, "embedding", ["--top-k", "50", "--temperature", "0.9"]),
+    "rarm-guided": (SHIPPED_RARM, "embedding", ["--guidance", "2", "--top-m", "0.5"]),
+}
+GOLDEN: dict[str, tuple[int, tuple[int, ...]]] = {
+    "rarm": (152970, (194, 235, 3, 2)),
+    "rarm-guided": (147060, (234, 203, 3, 2)),
+    "rdm": (151428, (170, 204, 3, 2)),
+    "rdm-guided-eta": (143990, (239, 191, 2, 2)),
+    "rissole": (207485, (170, 195, 221, 2)),
+    "rissole-guided-eta": (236835, (0, 217, 160, 2)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden_samples(case: str, databases: dict[str, Path], tmp_path: Path) -> None:
+    ckpt, db, flags = CASES[case]
+    out = tmp_path / "x.npy"
+    argv = ["sample", "--ckpt", str(ckpt), "--db", str(databases[db]), "-n", "3", "--seed", "7",
+            "--out", str(tmp_path / "grid.png"), "--npy", str(out), "--device", "cpu", *flags]
+    assert rissole(argv) == 0
+    x = np.load(out)
+    assert x.dtype == np.uint8 and x.shape == (3, 1, 32, 32)
+    found = (int(x.astype(np.int64).sum()), tuple(int(x[p]) for p in PROBES))
+    assert found == GOLDEN[case]
