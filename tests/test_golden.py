@@ -52,13 +52,17 @@ CASES = {
     "rarm": (SHIPPED_RARM, "embedding", ["--top-k", "50", "--temperature", "0.9"]),
     "rarm-guided": (SHIPPED_RARM, "embedding", ["--guidance", "2", "--top-m", "0.5"]),
 }
+# RARM: recorded before the head layer was restructured. RISSOLE and RDM: recorded again when x_T and the
+# stochastic steps' noise moved to the numpy NoiseSource that rissole-run shares (the same seed gives the
+# same image on the desktop and the device); the pre-restructuring code with only that change gives
+# exactly these numbers, the restructured code too.
 GOLDEN: dict[str, tuple[int, tuple[int, ...]]] = {
     "rarm": (152970, (194, 235, 3, 2)),
     "rarm-guided": (147060, (234, 203, 3, 2)),
-    "rdm": (151428, (170, 204, 3, 2)),
-    "rdm-guided-eta": (143990, (239, 191, 2, 2)),
-    "rissole": (207485, (170, 195, 221, 2)),
-    "rissole-guided-eta": (236835, (0, 217, 160, 2)),
+    "rdm": (148181, (176, 195, 2, 2)),
+    "rdm-guided-eta": (143097, (237, 214, 2, 2)),
+    "rissole": (185733, (186, 199, 197, 2)),
+    "rissole-guided-eta": (237805, (2, 205, 130, 3)),
 }
 
 

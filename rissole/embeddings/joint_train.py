@@ -63,6 +63,7 @@ def holdout_ids(names: list[str]) -> list[int]:
 
 class JointTrainer(HeadTrainer):
     kind: ClassVar[str] = KIND
+    required_data: ClassVar[list[str] | None] = None  # data.stickers and the hold-out list are checked in setup_data
     defaults: ClassVar[dict[str, Any]] = {**COMMON_DEFAULTS, "lr": 1.0e-3, "weight_decay": 0.05,
                                           "ema_decay": 0.999, "cond_dropout": 0.0, "ckpt_every": 250}
 

@@ -67,10 +67,13 @@ class HeadTrainer(RunTrainer):
 
     kind: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = COMMON_DEFAULTS
+    # data keys every config of this trainer must name (paths: strings); None: the trainer checks its own
+    required_data: ClassVar[list[str] | None] = ["db"]
 
     def __init__(self, config: dict[str, Any], run_dir: str | os.PathLike) -> None:
         require(config, "config", ["model", "data"])
-        require_data(config, ["db"])
+        if self.required_data is not None:
+            require_data(config, self.required_data)
         self.config = config
         self.tc = tc = with_defaults(config.get("train"), self.defaults, "train")
         config["train"] = tc

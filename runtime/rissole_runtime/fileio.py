@@ -30,7 +30,7 @@ import numpy as np
 
 from rissole_runtime.progress import progress_bar
 
-from rissole.errors import DataError
+from rissole_runtime.errors import DataError
 
 # Kinds of artefact a command writes, and how to recognise one on disk (see artefact_kind).
 DATABASE, BUNDLE, CHECKPOINT, INDEX = "block database", "edge bundle", "checkpoint", "search index"
