@@ -174,3 +174,38 @@ def test_fit_runs_every_stage_then_skips_them_and_refuses_changed_settings(tmp_p
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     assert main([*argv[:4], "--vqgan-steps", "7"]) == 2  # another run's settings: refused, nothing touched
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_training_refuses_a_vqgan_other_than_the_databases_before_the_first_step(
+        tmp_path: Path, tiny_vqgan_config: dict[str, Any]) -> None:
+    """data.vqgan naming another VQ-GAN than the one that encoded data.db used to train for the whole run and be
+    refused only at sampling or export."""
+    import numpy as np
+
+    from rissole.autoencoder import load_vqgan
+    from rissole.data import load_source
+    from rissole.errors import DataError
+    from rissole.heads.registry import trainer
+    from rissole.latents import encode_images
+    from rissole.paths import SHIPPED_VQGAN
+    from rissole.retrieval import build_database
+    from rissole.retrieval.keys import KeySet
+    from rissole.retrieval.neighbours import make_tables
+
+    data = load_source("fmnist:train", limit=40)
+    encode_images(load_vqgan(SHIPPED_VQGAN), data.images, tmp_path / "lat.npy", str(SHIPPED_VQGAN),
+                  load_checkpoint(SHIPPED_VQGAN).weights_hash(), "fmnist:train", None, progress=False)
+    db = build_database(tmp_path / "lat.npy", tmp_path / "db", grid=2, progress=False)
+    make_tables(db, KeySet(db, "block0"), "exact", {}, k=5, progress=False)
+    tiny_vqgan_config["train"].update(steps=1, disc_start=None, val_every=1000)
+    train_vqgan(tiny_vqgan_config, tmp_path / "other", progress=False)  # another VQ-GAN
+    cfg = {"model": {"latent_channels": 10, "latent_size": 8, "grid": 2, "k": 4, "model_channels": 32,
+                     "channel_mult": [1, 2], "num_res_blocks": 1, "num_heads": 2},
+           "data": {"db": str(db.path), "table": "train", "vqgan": str(tmp_path / "other" / "final")},
+           "train": {"steps": 3, "batch_size": 4}}
+    with pytest.raises(DataError, match=r"data.vqgan is VQ-GAN .* but the database .* holds latents of VQ-GAN"):
+        trainer("rissole")(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoint").exists() and not (tmp_path / "run" / "log.csv").exists()
+    cfg["data"]["vqgan"] = str(SHIPPED_VQGAN)  # the right one trains
+    assert trainer("rissole")(cfg, tmp_path / "ok", progress=False).step == 3
+    assert np.isfinite(np.loadtxt(tmp_path / "ok" / "log.csv", delimiter=",", skiprows=1, usecols=1)).all()

@@ -31,7 +31,7 @@ from rissole.checkpoint import Checkpoint
 from rissole.config import require, require_data
 from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
 from rissole.ema import EMA
-from rissole_runtime.errors import ConfigError
+from rissole_runtime.errors import ConfigError, DataError
 from rissole.models.params import format_counts
 from rissole.training import (
     RunTrainer,
@@ -121,6 +121,22 @@ class HeadTrainer(RunTrainer):
 
     def loss(self, ids: np.ndarray) -> torch.Tensor:
         raise NotImplementedError
+
+    def data_vqgan(self, db_hash: str, what: str) -> str:
+        """The path of the VQ-GAN the config's data.vqgan names (default: the shipped one, as sampling uses),
+        refused before the first step when its weights are not the ones that encoded the database's latents
+        (`what`): sampling and export would refuse the trained model only afterwards."""
+        from rissole.checkpoint import load_checkpoint
+        from rissole.heads.neighbour_data import resolve_path
+        from rissole.paths import REPO_ROOT, SHIPPED_VQGAN
+
+        vq_path = str(resolve_path(self.config["data"].get("vqgan") or str(SHIPPED_VQGAN), REPO_ROOT))
+        vq_hash = load_checkpoint(vq_path).weights_hash()
+        if vq_hash != db_hash:
+            raise DataError(f"{vq_path}: data.vqgan is VQ-GAN {vq_hash[:12]}, but {what} holds latents of VQ-GAN "
+                            f"{db_hash[:12]}. Set data.vqgan to the VQ-GAN that encoded them, or rebuild the database "
+                            "from this VQ-GAN's latents.")
+        return vq_path
 
     def on_resume(self, ckpt: Checkpoint) -> None:
         """Restore run state that lives in the config (e.g. a latent scale factor measured at the start)."""

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from rissole_runtime.errors import DataError
 from rissole.heads.rarm.codes import code_indices, vqgan_codebook
-from rissole.heads.neighbour_data import resolve_path
 from rissole.heads.rdm.train import NeighbourHeadTrainer
 from rissole.heads.registry import head
 from rissole.heads.trainer import COMMON_DEFAULTS, train_head
@@ -42,17 +41,10 @@ class RARMTrainer(NeighbourHeadTrainer):
     defaults = COMMON_DEFAULTS
 
     def setup_data(self) -> None:
-        from rissole.checkpoint import load_checkpoint
-        from rissole.paths import REPO_ROOT, SHIPPED_VQGAN
-
-        config, dc, mc = self.config, self.config["data"], self.model.config
+        config, mc = self.config, self.model.config
         edb = self.open_batcher()
-        vq_path = str(resolve_path(dc.get("vqgan") or str(SHIPPED_VQGAN), REPO_ROOT))
-        vq_hash = load_checkpoint(vq_path).weights_hash()
-        if vq_hash != edb.db.checkpoint_hash:
-            raise DataError(f"{vq_path}: VQ-GAN {vq_hash[:12]}, but the training latents of {edb.path} were encoded with "
-                            f"{edb.db.checkpoint_hash[:12]}. Set data.vqgan to that VQ-GAN.")
-        config["vqgan_hash"] = vq_hash
+        vq_path = self.data_vqgan(edb.db.checkpoint_hash, f"the embedding database {edb.path}")
+        config["vqgan_hash"] = edb.db.checkpoint_hash
         lat = self.batcher.latents_file.array
         if mc.seq_len != lat.shape[2] * lat.shape[3]:
             raise DataError(f"{self.batcher.latents_file.path}: latents of {lat.shape[2]} x {lat.shape[3]} = "

@@ -66,6 +66,7 @@ class RDMTrainer(NeighbourHeadTrainer):
                             f"[{mc.latent_channels}, {mc.latent_size}, {mc.latent_size}] (model.latent_channels, latent_size).")
         if config.get("vqgan_hash") is not None:
             edb.db.check_vqgan(config["vqgan_hash"], "the config")
+        self.data_vqgan(edb.db.checkpoint_hash, f"the embedding database {edb.path}")
         config["vqgan_hash"] = edb.db.checkpoint_hash
         if "scale_factor" not in config:
             config["scale_factor"] = 1.0 / latents_std(self.batcher.latents_file.array, self.batcher.rows)

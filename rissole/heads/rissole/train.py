@@ -59,6 +59,7 @@ class BlockDiffusionTrainer(HeadTrainer):
         mc = self.model.config
         self.table = open_table(self.db, dc.get("table", "train")) if mc.retrieval else None
         check_pairing(self.db, self.table, mc, config.get("vqgan_hash"), "the config")
+        self.data_vqgan(self.db.checkpoint_hash, f"the database {self.db.path}")
         config["vqgan_hash"] = self.db.checkpoint_hash
         if "scale_factor" not in config:
             config["scale_factor"] = 1.0 / latent_std(self.db)
