@@ -158,9 +158,9 @@ def test_cli_eval_fid_npy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnis
     assert Path(res["ref_cache"]).parent == tmp_path / "cache" / "fid" and not res["ref_from_cache"]
     assert "FID" in capsys.readouterr().out
 
-    assert main(["eval", "fid", str(npy), "-n", "9"]) == 2
+    assert main(["eval", "fid", str(npy), "--ref", "fmnist:test", "-n", "9"]) == 2
     assert "9 images asked (-n), only 8 found" in capsys.readouterr().err
-    assert main(["eval", "fid", str(tmp_path / "missing"), "-n", "5"]) == 2
+    assert main(["eval", "fid", str(tmp_path / "missing"), "--ref", "fmnist:test", "-n", "5"]) == 2
     assert "not a directory" in capsys.readouterr().err
 
 

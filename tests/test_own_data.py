@@ -171,6 +171,17 @@ def test_fit_runs_every_stage_then_skips_them_and_refuses_changed_settings(tmp_p
     stages = json.loads((run / "summary.json").read_text())["stages"]
     assert all(stages[s] == {"skipped": True} for s in ("vqgan", "encode", "db build", "db neighbours", "train rissole"))
 
+    # samples carry their model's data: eval fid defaults to the VQ-GAN's held-out split, not Fashion-MNIST's
+    from rissole.cli.eval_cmd import reference_for
+
+    npy = tmp_path / "s.npy"
+    assert main(["sample", "--ckpt", str(run / "rissole" / "final"), "-n", "2", "--steps", "2",
+                 "--out", str(tmp_path / "s.png"), "--npy", str(npy)]) == 0
+    assert reference_for(str(npy), None, None) == (f"folder:{folder.resolve()}:val", 32)
+    assert reference_for(str(npy), "fmnist:test", None) == ("fmnist:test", 32)
+    with pytest.raises(Exception, match="pass --ref"):
+        reference_for(str(tmp_path / "elsewhere.npy"), None, None)
+
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     assert main([*argv[:4], "--vqgan-steps", "7"]) == 2  # another run's settings: refused, nothing touched
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
@@ -209,3 +220,23 @@ def test_training_refuses_a_vqgan_other_than_the_databases_before_the_first_step
     cfg["data"]["vqgan"] = str(SHIPPED_VQGAN)  # the right one trains
     assert trainer("rissole")(cfg, tmp_path / "ok", progress=False).step == 3
     assert np.isfinite(np.loadtxt(tmp_path / "ok" / "log.csv", delimiter=",", skiprows=1, usecols=1)).all()
+
+
+@pytest.mark.parametrize("preset, side, f", [("fmnist32", 32, 4), ("rgb32", 32, 4), ("rgb64-f8", 64, 8)])
+def test_presets_resolve_against_the_data(tmp_path: Path, preset: str, side: int, f: int) -> None:
+    """Every preset gives a VQ-GAN of the data's channels whose latent the RISSOLE config matches; rgb64-f8 is the
+    RISSOLE paper's 64 x 64, f = 8 setting with the same 8 x 8 latent as rgb32."""
+    from rissole.autoencoder import VQGANConfig, VQModel
+    from rissole.cli.fit_cmd import load_preset, resolve_configs
+    from rissole.models.block_unet import BlockDenoiserConfig
+
+    _, p = load_preset(preset, 3)
+    cfgs = resolve_configs(p, tmp_path, 3, tmp_path / "run", "rissole", None, None, [])
+    vq = VQGANConfig.from_dict(cfgs["vqgan"]["model"])
+    assert vq.downsample == f and vq.ddconfig["resolution"] == side and vq.ddconfig["in_channels"] == 3
+    c, h, w = vq.latent_shape
+    m = BlockDenoiserConfig.from_dict(cfgs["head"]["model"])
+    assert (m.latent_channels, m.latent_size) == (c, h) and h == w == 8
+    x = torch.rand(2, 3, side, side) * 2 - 1
+    xrec, _, idx = VQModel(vq)(x)
+    assert xrec.shape == x.shape and idx.numel() == 2 * h * w

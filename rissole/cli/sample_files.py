@@ -4,12 +4,14 @@ one batched loop both sample paths generate through, so memory is bounded by a b
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from rissole_runtime.batches import BATCH, GRID_MAX, generate_in_batches, npy_store
-from rissole_runtime.fileio import NPY
+from rissole_runtime.fileio import NPY, write_json_atomic
 from rissole_runtime.images import save_grid
 
 __all__ = ["BATCH", "GRID_MAX", "check_outputs", "npy_store", "sample_to_files", "write_sample_files"]
@@ -30,12 +32,26 @@ def check_outputs(args: argparse.Namespace) -> None:
             check_replace(path, kind)
 
 
+def samples_manifest_path(npy: str | os.PathLike) -> Path:
+    return Path(npy).with_suffix(".json")
+
+
+def write_samples_manifest(npy: str | os.PathLike, pipe: Any, n: int, resolution: int) -> None:
+    """Beside a --npy of samples: the model that drew them and its held-out data, so `rissole eval fid SAMPLES`
+    compares with the model's own data by default (not Fashion-MNIST's)."""
+    write_json_atomic(samples_manifest_path(npy), {
+        "format": "rissole-samples", "n": int(n), "checkpoint": str(pipe.path), "resolution": int(resolution),
+        "reference": pipe.reference_source()})
+
+
 def write_sample_files(args: argparse.Namespace, pipe: Any, out: np.ndarray, ids: np.ndarray | None,
                        rows: np.ndarray | None, query_images: np.ndarray | None) -> None:
     """args.out: the samples (the first GRID_MAX) as a square PNG grid; args.show_retrieval: one line per sample
     (up to 8) of query | its k retrieved rows | the sample. (args.npy was streamed by sample_to_files.)
     The query is the pseudo-query row (`rows`) or the user's image (`query_images`, cycled)."""
     save_grid(out, args.out, nrow=int(np.ceil(np.sqrt(len(out)))))
+    if args.npy:
+        write_samples_manifest(args.npy, pipe, args.n, out.shape[-1])
     if len(out) < args.n:
         print(f"{args.out} shows the first {len(out)} of {args.n} samples" + (f"; {args.npy} holds all" if args.npy else
                                                                              "; pass --npy to keep all"))

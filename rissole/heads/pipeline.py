@@ -17,6 +17,7 @@ import dataclasses
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ClassVar
 
 import numpy as np
@@ -109,13 +110,21 @@ class Pipeline:
             raise CheckpointError(f"{vq_path}: VQ-GAN {vq_hash[:12]}, but the model {ckpt} was trained on latents of "
                                   f"VQ-GAN {c.config['vqgan_hash'][:12]}. Pass that VQ-GAN with --vqgan.")
         db = database or resolve_path(c.config["data"]["db"], REPO_ROOT)
-        return pipe_cls.open(c, model.to(dev).eval(), db, load_vqgan(vq_path, dev), dev)
+        pipe = pipe_cls.open(c, model.to(dev).eval(), db, load_vqgan(vq_path, dev), dev)
+        pipe.vqgan_path = Path(vq_path)
+        return pipe
 
     @classmethod
     def open(cls, ckpt: Checkpoint, model: torch.nn.Module, database: str | os.PathLike, vqgan: torch.nn.Module,
              device: torch.device) -> "Pipeline":
         """Open the head's database and check that it fits the model."""
         raise NotImplementedError
+
+    def reference_source(self) -> str | None:
+        """The held-out data of the model's images (its VQ-GAN's data.val_source): what `rissole eval fid`
+        compares samples with by default."""
+        vq = getattr(self, "vqgan_path", None)
+        return None if vq is None else (load_checkpoint(vq).config.get("data") or {}).get("val_source")
 
     # -- conditioning ------------------------------------------------------------------------------
     @property
