@@ -36,35 +36,22 @@ CALLS = (5, 8, 10, 15, 20, 25)
 
 
 def load(model: str) -> Any:
+    from rissole.heads.registry import load_pipeline
     from rissole.paths import ensure_database_for
 
     ensure_database_for(MODELS[model])
-    if model == "rdm":
-        from rissole.heads.rdm_pipeline import NeighbourHeadPipeline
-
-        return NeighbourHeadPipeline.load(MODELS[model], device="cpu")
-    from rissole.heads.block_pipeline import RissolePipeline
-
-    return RissolePipeline.load(MODELS[model], device="cpu")
+    return load_pipeline(MODELS[model], device="cpu")
 
 
-def schedule_of(pipe: Any) -> Any:
-    from rissole_runtime.diffusion.schedule import NoiseSchedule
+def options(name: str, calls: int, spacing: str | None, seed: int = 0) -> Any:
+    from rissole.heads.pipeline import SamplingOptions
 
-    return getattr(pipe, "schedule", None) or NoiseSchedule.from_dict(pipe.config["diffusion"])
+    return SamplingOptions(sampler=name, steps=calls, seed=seed, spacing=None if name == "ddim" else spacing)
 
 
-def latents(pipe: Any, model: str, sampler: Any, rows: Any, seed: int = 0) -> Any:
-    """Scaled-back latents of the pseudo-query rows from one sampler, fixed noise (NoiseSource(seed))."""
-    if model == "rdm":
-        from rissole_runtime.diffusion.noise import NoiseSource
-        from rissole.heads.rdm_sampling import sample_latents
-
-        nb = pipe.neighbour_embeddings(pipe.table_neighbours(rows))
-        cfg = pipe.model.config
-        noise = NoiseSource(seed, len(rows), (cfg.latent_channels, cfg.latent_size, cfg.latent_size))
-        return sample_latents(pipe.model, sampler, nb, None, noise=noise).numpy()
-    _, lat = pipe.generate(pipe.table_neighbours(rows), sampler, seed=seed)
+def latents(pipe: Any, name: str, calls: int, spacing: str | None, rows: Any, seed: int = 0) -> Any:
+    """Scaled latents of the pseudo-query rows from one sampler, fixed noise (NoiseSource(seed))."""
+    _, lat = pipe.generate(pipe.neighbour_ids(rows), options(name, calls, spacing, seed))
     return lat.numpy() * float(pipe.config["scale_factor"])
 
 
@@ -75,7 +62,7 @@ def error(n: int, out: Path, models: list[str]) -> dict[str, Any]:
     import torch
 
     from benchmarks._machine import machine_info
-    from rissole_runtime.diffusion.solvers import SPACINGS, make_sampler
+    from rissole_runtime.diffusion.solvers import SPACINGS
 
     torch.set_num_threads(1)
     result: dict[str, Any] = {"benchmark": "solver_error", "models": {}}
@@ -83,16 +70,15 @@ def error(n: int, out: Path, models: list[str]) -> dict[str, Any]:
         result = json.loads(out.read_text())
     for model in models:
         pipe = load(model)
-        sched = schedule_of(pipe)
         rows = pipe.pseudo_queries(n, 1.0, 0)
-        ref = latents(pipe, model, make_sampler("ddim", sched, 1000), rows)
-        check = latents(pipe, model, make_sampler("dpmpp2m", sched, 500, spacing="linspace"), rows)
+        ref = latents(pipe, "ddim", 1000, None, rows)
+        check = latents(pipe, "dpmpp2m", 500, "linspace", rows)
         entry: dict[str, Any] = {"reference": "ddim-1000", "n": n, "machine": machine_info(), "rms_reference": float(np.sqrt((ref**2).mean())),
                                  "dpmpp2m500_vs_reference": float(np.sqrt(((check - ref) ** 2).mean())), "points": []}
         for name in ("ddim", "dpmpp2m", "unipc"):
             for spacing in (("linspace",) if name == "ddim" else SPACINGS):
                 for calls in (*CALLS, 50):
-                    lat = latents(pipe, model, make_sampler(name, sched, calls, spacing=spacing), rows)
+                    lat = latents(pipe, name, calls, spacing, rows)
                     rms = float(np.sqrt(((lat - ref) ** 2).mean()))
                     entry["points"].append({"sampler": name, "spacing": spacing, "calls": calls, "rms_error": rms})
                     print(f"{model} {name}-{calls} {spacing}: rms error {rms:.4f}", flush=True)
@@ -123,18 +109,13 @@ def fid_point(model: str, name: str, calls: int, spacing: str, n: int, seed: int
 
     from benchmarks import paper_table
     from benchmarks._machine import machine_info
-    from rissole_runtime.diffusion.solvers import make_sampler
     from rissole.metrics import evaluate
 
     torch.set_num_threads(1)
     pipe = load(model)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    if model == "rdm":  # the pipeline's own batched sampler, the paper table's seeds
-        images, seconds = pipe.sample(n, 1.0, seed, sampler=name, steps=calls, batch=250)
-    else:
-        sampler = make_sampler(name, schedule_of(pipe), calls, spacing=None if name == "ddim" else spacing)
-        images, seconds = paper_table.sample(pipe, n, seed, sampler, batch=250)
+    images, seconds = paper_table.sample(pipe, n, seed, options(name, calls, spacing), batch=250)
     t1 = time.perf_counter()
     metrics = evaluate(images, ref="fmnist:test", n=n, with_kid=True, progress=False)
     res = {"model": model, "checkpoint": str(MODELS[model].relative_to(ROOT)), "sampler": name, "calls": calls,

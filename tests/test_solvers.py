@@ -118,3 +118,23 @@ def test_sample_cli_refuses_eta_with_an_ode_solver(capsys: pytest.CaptureFixture
 
     assert main(["sample", "--sampler", "unipc", "--eta", "0.5", "-n", "1"]) != 0
     assert "unipc solves the probability-flow ODE and has no eta" in capsys.readouterr().err
+
+
+def test_sampling_options_spacing_reaches_the_solver() -> None:
+    """SamplingOptions.spacing picks the solver's timesteps (the few-step benchmark sweeps it); None: trailing."""
+    from rissole.heads.pipeline import Pipeline, SamplingOptions
+    from rissole_runtime.diffusion.schedule import NoiseSchedule
+    from rissole_runtime.diffusion.solvers import spaced_timesteps
+
+    class Fixed(Pipeline):  # only the schedule is needed to build a sampler
+        kind, accepts = "test", frozenset({"sampler", "steps"})
+
+        def __init__(self) -> None:
+            self.config = {"diffusion": NoiseSchedule().to_dict()}
+
+    pipe, sched = Fixed(), NoiseSchedule()
+    for spacing in ("linspace", "leading", "trailing"):
+        s = pipe.sampler(SamplingOptions(sampler="unipc", steps=10, spacing=spacing))
+        np.testing.assert_array_equal(s.timesteps, spaced_timesteps(sched, 10, spacing))
+    default = pipe.sampler(SamplingOptions(sampler="dpmpp2m", steps=10))
+    np.testing.assert_array_equal(default.timesteps, spaced_timesteps(sched, 10, "trailing"))

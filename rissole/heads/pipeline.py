@@ -59,6 +59,7 @@ class SamplingOptions:
     k: int | None = None
     top_k: int = 0
     temperature: float = 1.0
+    spacing: str | None = None  # timestep spacing of dpmpp2m / unipc (None: the solvers' default, trailing)
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -195,7 +196,7 @@ class Pipeline:
     def sampler(self, options: SamplingOptions) -> Sampler:
         """The diffusion sampler the options ask for (DDIM, DDPM, DPM-Solver++ 2M, UniPC), on the model's schedule."""
         try:
-            return make_sampler(options.sampler, self.schedule, options.steps, options.eta)
+            return make_sampler(options.sampler, self.schedule, options.steps, options.eta, options.spacing)
         except ValueError as e:
             raise ConfigError(f"--sampler {options.sampler} --steps {options.steps} --eta {options.eta}: {e}") from None
 
