@@ -7,6 +7,7 @@ calls and RARM's logits. Works on numpy arrays and torch tensors alike.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
@@ -19,20 +20,17 @@ Array = TypeVar("Array")
 __all__ = ["doubled", "eps_function", "guidance_feeds", "guide", "halves", "with_zeros"]
 
 
-def _cat(parts: list[Any]) -> Any:
-    if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts)
-    import torch  # only reached with torch tensors, never in the runtime
+def _torch() -> Any:
+    """The torch module, for torch tensors: loaded already by whoever made them (the runtime never does)."""
+    return sys.modules["torch"]
 
-    return torch.cat(parts)
+
+def _cat(parts: list[Any]) -> Any:
+    return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else _torch().cat(parts)
 
 
 def _zeros_like(x: Any) -> Any:
-    if isinstance(x, np.ndarray):
-        return np.zeros_like(x)
-    import torch  # only reached with torch tensors, never in the runtime
-
-    return torch.zeros_like(x)
+    return np.zeros_like(x) if isinstance(x, np.ndarray) else _torch().zeros_like(x)
 
 
 def doubled(x: Array | None) -> Array | None:
