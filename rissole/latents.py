@@ -10,7 +10,6 @@ that made them.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from rissole.data.transforms import to_model_range
 from rissole_runtime.errors import DataError
 from rissole_runtime.fileio import LATENTS, atomic_path, check_replace, check_sidecars, create_memmap, output_lock, write_json_atomic
-from rissole_runtime.validate import INT, LIST, STR, Field, check_finite, check_schema, contained_path
+from rissole_runtime.validate import INT, LIST, STR, Field, check_finite, check_schema, contained_path, read_json
 
 FORMAT = "rissole-latents"
 FORMAT_VERSION = 1
@@ -142,10 +141,7 @@ def open_latents(path: str | os.PathLike) -> Latents:
     mpath = manifest_path(path)
     if not mpath.is_file():
         raise DataError(f"{mpath}: manifest not found beside {path}. Re-create both with `rissole encode`.")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{mpath}: corrupt manifest ({exc}). Re-create it with `rissole encode`.") from exc
+    manifest = read_json(mpath, "Re-create it with `rissole encode`.")
     check_schema(manifest, {}, mpath)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{mpath}: expected {FORMAT} v{FORMAT_VERSION}, found {manifest.get('format')} v{manifest.get('format_version')}.")

@@ -27,7 +27,6 @@ recomputes every sha256.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +39,7 @@ from rissole_runtime.errors import DataError
 from rissole_runtime.fileio import sha256_file
 from rissole_runtime.retrieval.database import BlockDatabase, open_database
 from rissole_runtime.retrieval.tables import open_table
-from rissole_runtime.validate import BOOL, DICT, INT, LIST, NUM, STR, Field, check_schema, contained_path
+from rissole_runtime.validate import BOOL, DICT, INT, LIST, NUM, STR, Field, check_schema, contained_path, read_json
 
 FORMAT = "rissole-edge-bundle"
 FORMAT_VERSION = 1
@@ -188,10 +187,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     mpath = path / MANIFEST
     if not mpath.is_file():
         raise _fail(mpath, "missing; this is not an edge bundle.")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise _fail(mpath, f"corrupt JSON ({exc}).") from exc
+    manifest = read_json(mpath, FIX, "JSON")
     check_schema(manifest, {"format": Field(STR, nullable=True), "format_version": Field(INT, nullable=True)},
                  mpath, fix=FIX)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:

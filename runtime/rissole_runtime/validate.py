@@ -9,6 +9,7 @@ is never accepted where a bool is wanted (YAML `'no'` as a string is not false).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -116,6 +117,15 @@ def check_finite(array: Any, what: str) -> None:
         raise DataError(f"{what}: {int(bad.sum())} of {a.size} values are not finite (first at index "
                         f"{list(map(int, first))}: {a[first]}); expected finite numbers. Nothing was written. "
                         "Check the options (guidance, eta) and the model's weights and database.")
+
+
+def read_json(path: str | os.PathLike, fix: str, what: str = "manifest") -> Any:
+    """The JSON document at `path`; unreadable JSON or text that is not UTF-8 is a DataError naming the file,
+    `what` it is and the `fix` (manifests, tables and bundles are untrusted input)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError
+        raise DataError(f"{path}: corrupt {what} ({exc}). {fix}") from exc
 
 
 def contained_path(root: str | os.PathLike, rel: str, what: str) -> Path:

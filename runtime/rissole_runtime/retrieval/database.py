@@ -24,7 +24,6 @@ is faster per row (no system call per row), so training and the desktop keep it.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 
 from rissole_runtime.errors import DataError
 from rissole_runtime.fileio import sha256_file
-from rissole_runtime.validate import INT, LIST, STR, Field, check_finite, check_schema, contained_path
+from rissole_runtime.validate import INT, LIST, STR, Field, check_finite, check_schema, contained_path, read_json
 
 FORMAT = "rissole-block-db"
 FORMAT_VERSION = 1
@@ -210,10 +209,7 @@ def open_database(path: str | os.PathLike, positional_reads: bool = False) -> Bl
     mpath = path / MANIFEST_FILE
     if not mpath.is_file():
         raise DataError(f"{path}: not a block database (no {MANIFEST_FILE}). Build one with `rissole db build`.")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{mpath}: corrupt manifest ({exc}). Rebuild with `rissole db build`.") from exc
+    manifest = read_json(mpath, "Rebuild with `rissole db build`.")
     check_schema(manifest, {}, mpath, fix=FIX)
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(

@@ -7,7 +7,6 @@ Opening maps the arrays read-only and refuses a table of another database or cut
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 
 from rissole_runtime.errors import DataError
 from rissole_runtime.retrieval.database import BlockDatabase
-from rissole_runtime.validate import INT, LIST, STR, Field, check_schema
+from rissole_runtime.validate import INT, LIST, STR, Field, check_schema, read_json
 
 TABLE_DIR = "neighbours"
 
@@ -42,10 +41,7 @@ def open_table(db: BlockDatabase, name: str) -> NeighbourTable:
     pid, psc, pjs = table_paths(db, name)
     if not pjs.is_file():
         raise DataError(f"{pjs}: no neighbour table {name!r} in {db.path}. Make it with `rissole db neighbours {db.path}`.")
-    try:
-        meta = json.loads(pjs.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{pjs}: corrupt ({exc}). Re-run `rissole db neighbours`.") from exc
+    meta = read_json(pjs, "Re-run `rissole db neighbours`.", "neighbour table")
     check_schema(meta, {"shape": Field(LIST, length=2, items=INT, min=0), "db_sha256": Field(STR)}, pjs,
                  fix="Re-run `rissole db neighbours`.")
     if meta.get("db_sha256") != db.manifest["sha256"]:
