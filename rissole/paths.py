@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = Path(os.environ.get("RISSOLE_CHECKPOINTS", REPO_ROOT / "checkpoints"))
@@ -15,6 +19,13 @@ SHIPPED_DB = Path(os.environ.get("RISSOLE_DB", REPO_ROOT / "runs" / "db" / "fmni
 SHIPPED_RDM_DB = REPO_ROOT / "runs" / "db" / "rdm-fmnist-b-vq"  # the shipped RDM config's data.db
 SHIPPED_LATENTS = REPO_ROOT / "runs" / "latents" / "fmnist-train.npy"
 EMBEDDINGS = REPO_ROOT / "runs" / "emb"
+# the text-guided RDM (configs/rdm/stickers_joint.yaml) and what it samples from
+SHIPPED_RGB_VQGAN = CHECKPOINTS / "vqgan-stickers-fmnist-rgb"
+SHIPPED_TEXT_RDM = CHECKPOINTS / "rdm-stickers-joint"
+STICKERS = REPO_ROOT / "runs" / "stickers32"
+MIX_SOURCE = f"folder:{STICKERS}:train+fmnist:train"
+STYLES = ("emoji", "tuxpaint", "fmnist")
+STICKER_REPEAT = 8  # training rows repeat the stickers' share 8x: 9,536 of 39,536 instead of 1,192 of 31,192
 
 
 def _ensure_latents() -> None:
@@ -74,6 +85,71 @@ def ensure_shipped_rdm_database() -> Path:
     return SHIPPED_RDM_DB
 
 
+def mix_rows(n_fmnist: int = 60000) -> dict[str, np.ndarray]:
+    """Row ids of the mixed latents (MIX_SOURCE: the sticker training images, then Fashion-MNIST's 60k) for
+    the text-guided RDM: `train` (even-numbered stickers, repeated STICKER_REPEAT times, and Fashion-MNIST
+    0..29999) and the disjoint `database` (odd-numbered stickers, Fashion-MNIST 30000..59999), which the
+    style databases split by where each image came from (`emoji`, `tuxpaint`, `fmnist`)."""
+    import numpy as np
+
+    from rissole.data import load_source
+
+    records = load_source(f"folder:{STICKERS}:train", size=32, channels=3).records or []
+    s = len(records)
+    source = np.array([r.get("source", "") for r in records])
+    odd = np.arange(1, s, 2)
+    fm_train, fm_db = np.arange(s, s + n_fmnist // 2), np.arange(s + n_fmnist // 2, s + n_fmnist)
+    rows = {"train": np.concatenate([np.tile(np.arange(0, s, 2), STICKER_REPEAT), fm_train]),
+            "database": np.concatenate([odd, fm_db]), "fmnist": fm_db}
+    for style in ("emoji", "tuxpaint"):
+        rows[style] = odd[source[odd] == style]
+    return rows
+
+
+def ensure_text_databases(vqgan: str | os.PathLike = SHIPPED_RGB_VQGAN, work: str | os.PathLike = REPO_ROOT / "runs",
+                          embedder: str = "joint", k: int = 20) -> dict[str, Path]:
+    """Build, on first use, the joint-space embedding databases the text-guided RDM trains and samples on:
+    the sticker images (`rissole data stickers`), MIX_SOURCE through the RGB VQ-GAN, joint embeddings of
+    the `train` and `database` rows of mix_rows, the database with its `train` (p_D) and `database`
+    tables, and one database per style (zero-shot stylization by database swap). Returns name -> path:
+    latents, train (the training embeddings) and database, emoji, tuxpaint, fmnist (databases)."""
+    from rissole.embeddings import build_embedding_database, make_embedder, write_embeddings
+    from rissole.latents import encode_source
+    from rissole.retrieval import open_database
+    from rissole.retrieval.keys import KeySet
+    from rissole.retrieval.neighbours import list_tables, make_tables
+
+    work = Path(work)
+    if not (STICKERS / "train" / "metadata.jsonl").is_file():
+        from rissole.data.stickers import build_stickers
+
+        print(f"first run: rendering the sticker images into {STICKERS}")
+        build_stickers(STICKERS)
+    latents = work / "latents" / "mix-train.npy"
+    if not latents.with_suffix(".json").is_file():
+        print(f"first run: encoding {MIX_SOURCE} into {latents}")
+        encode_source(vqgan, MIX_SOURCE, latents)
+    paths = {"latents": latents, "train": work / "emb" / "mix-a-joint.npy"}
+    rows = mix_rows()
+    emb = make_embedder(embedder, device="cpu")
+    if not paths["train"].with_suffix(".json").is_file():
+        write_embeddings(emb, latents, paths["train"], rows["train"])
+    for name in ("database", *STYLES):
+        db_path = work / "db" / f"rdm-mix-{name}-joint"
+        paths[name] = db_path
+        if not (db_path / "manifest.json").is_file():
+            e = work / "emb" / f"mix-{name}-joint.npy"
+            if not e.with_suffix(".json").is_file():
+                write_embeddings(emb, latents, e, rows[name])
+            build_embedding_database(e, db_path)
+        db = open_database(db_path)
+        if not {"database", "train"} <= set(list_tables(db)):
+            for line in make_tables(db, KeySet(db, "latent"), "exact", {"threads": 1}, k=min(k, db.rows - 1),
+                                    queries_path=paths["train"] if name == "database" else None):
+                print(line)
+    return paths
+
+
 def ensure_database_for(ckpt: str | os.PathLike) -> None:
     """Build the database of a shipped checkpoint on first use (other checkpoints name their own)."""
     ckpt = Path(ckpt).resolve()
@@ -81,3 +157,5 @@ def ensure_database_for(ckpt: str | os.PathLike) -> None:
         ensure_shipped_database()
     elif ckpt in (SHIPPED_RDM.resolve(), SHIPPED_RARM.resolve()):
         ensure_shipped_rdm_database()
+    elif ckpt == SHIPPED_TEXT_RDM.resolve():
+        ensure_text_databases()

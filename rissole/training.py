@@ -175,9 +175,13 @@ def run_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 class RunTrainer:
-    """The save / resume skeleton of every trainer (the VQ-GAN and the heads): model and EMA weights, the
+    """The one training skeleton of every trainer (the VQ-GAN and the heads): the loop (`fit`: fresh-run
+    check or resume, a progress bar with rate and ETA, one CSV row per step, a non-finite loss stopping the
+    run, periodic atomic checkpoints, the final weights), and what it saves: model and EMA weights, the
     optimizers by name, the RNG stream, the grad scaler, and whatever state a subclass adds through the
     hooks, written to RUN/checkpoint (everything, for a bit-exact resume) and RUN/final (inference weights)."""
+
+    log_files: tuple[str, ...] = ("log.csv",)  # CSVs cut back to the checkpoint's step on resume
 
     kind: str
     config: dict[str, Any]
@@ -189,6 +193,18 @@ class RunTrainer:
     step: int
 
     # --- hooks ---
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step on the batch of step self.step (rissole.training.batch_indices); returns
+        the values to log, "loss" among them; advances self.step."""
+        raise NotImplementedError
+
+    def after_step(self, seconds: float, write: Any) -> None:
+        """Run after every step's log row (the VQ-GAN validates here); `write` prints above the progress bar."""
+
+    def postfix(self, logs: dict[str, float]) -> dict[str, str]:
+        """What the progress bar shows beside rate and ETA."""
+        return {"loss": f"{logs['loss']:.4f}"}
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """The optimizers, by the name their state is saved under."""
         raise NotImplementedError
@@ -248,3 +264,37 @@ class RunTrainer:
         if "scaler" in ckpt.trainer_meta:  # checkpoints written before mixed precision have none
             self.scaler.load_state_dict(ckpt.trainer_meta["scaler"])
         self.step = ckpt.step
+
+    def fit(self, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> "RunTrainer":
+        """Train to config train.steps (or `stop_after` more steps, ending with a checkpoint); with `resume`,
+        continue RUN/checkpoint bit-exactly, else refuse a run directory that holds another run."""
+        import time
+
+        from tqdm import tqdm
+
+        tc = self.config["train"]
+        if resume:
+            self.resume()
+            for name in self.log_files:
+                truncate_csv(self.run_dir / name, self.step)
+        else:
+            check_fresh_run(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        end = tc["steps"] if stop_after is None else min(tc["steps"], self.step + stop_after)
+        bar = tqdm(total=tc["steps"], initial=self.step, desc=self.kind, unit="step", disable=not progress)
+        t0 = time.time()
+        while self.step < end:
+            logs = self.train_step()
+            if not math.isfinite(logs["loss"]):
+                raise RuntimeError(f"loss became {logs['loss']} at step {self.step}; lower train.lr or enable grad_clip.")
+            append_csv(self.run_dir / "log.csv", {"step": self.step, **{k: f"{v:.6g}" for k, v in logs.items()},
+                                                   "seconds": f"{time.time() - t0:.1f}"})
+            bar.update(1)
+            bar.set_postfix(self.postfix(logs))
+            self.after_step(time.time() - t0, bar.write)
+            if self.step % tc["ckpt_every"] == 0 or self.step == end:
+                self.save()
+        bar.close()
+        if self.step == tc["steps"]:
+            self.save_final()
+        return self

@@ -10,15 +10,12 @@ uninterrupted run would; every other random draw uses a generator whose state is
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from rissole.autoencoder.losses import adaptive_gan_weight, build_discriminator, grey_distance, hinge_d_loss, psnr
 from rissole.autoencoder.vqgan import VQGANConfig, VQModel
@@ -33,10 +30,8 @@ from rissole.training import (
     run_config,
     append_csv,
     batch_indices,
-    check_fresh_run,
     learning_rate,
     set_learning_rate,
-    truncate_csv,
     with_defaults,
 )
 
@@ -70,6 +65,7 @@ class VQGANTrainer(RunTrainer):
     """Owns the model, discriminator, optimizers, EMA and RNG state of one run."""
 
     kind = "vqgan"
+    log_files = ("log.csv", "val.csv")
 
     def __init__(self, config: dict[str, Any], run_dir: str | os.PathLike) -> None:
         require(config, "config", ["model", "data"])
@@ -143,7 +139,39 @@ class VQGANTrainer(RunTrainer):
             self.model.quantize.embedding.weight[dead.to(self.device)] = flat[pick].to(self.device)
         return int(dead.numel())
 
-    def train_step(self, x: torch.Tensor) -> dict[str, float]:
+    def load_data(self, data_dir: str | os.PathLike | None = None) -> None:
+        """Training images (and validation images, when data.val_source is set) at the model's size and channels."""
+        tc, dc = self.train_cfg, self.config["data"]
+        size, channels = self.model_config.ddconfig["resolution"], self.model_config.ddconfig["in_channels"]
+        data_dir = data_dir or dc.get("data_dir")
+        self.images = load_source(dc["source"], data_dir=data_dir, size=size, channels=channels, limit=dc.get("limit")).images
+        self.val_images = None
+        if dc.get("val_source"):
+            self.val_images = load_source(dc["val_source"], data_dir=data_dir, size=size, channels=channels,
+                                          limit=tc["val_images"]).images
+
+    def train_step(self) -> dict[str, float]:
+        """One step on the batch of self.step (a function of seed and step only)."""
+        tc = self.train_cfg
+        idx = batch_indices(tc["seed"], self.step, tc["batch_size"], len(self.images))
+        return self.step_on(to_model_range(self.images[idx]).to(self.device))
+
+    def postfix(self, logs: dict[str, float]) -> dict[str, str]:
+        return {"l1": f"{logs['rec_l1']:.4f}", "cb": f"{logs['codebook']:.4f}"}
+
+    def after_step(self, seconds: float, write: Any) -> None:
+        """Validation every val_every steps and at the last: live vs EMA PSNR into RUN/val.csv."""
+        tc = self.train_cfg
+        if self.val_images is None or not (self.step % tc["val_every"] == 0 or self.step == tc["steps"]):
+            return
+        val = self.validate(self.val_images)
+        append_csv(self.run_dir / "val.csv", {"step": self.step, "seconds": f"{seconds:.1f}", **val})
+        ema = f", EMA {val['val_psnr_ema']:.2f} dB" if "val_psnr_ema" in val else ""
+        write(f"step {self.step}: val PSNR live {val['val_psnr_live']:.2f} dB{ema} "
+              f"(inference uses {self.inference_choice}), code usage {val['val_code_usage']:.1%}")
+
+    def step_on(self, x: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on images x (model range)."""
         tc = self.train_cfg
         self.model.train()
         lr = learning_rate(tc["lr"], self.step, tc["steps"], tc["warmup_steps"], tc["lr_schedule"])
@@ -262,44 +290,6 @@ def train_vqgan(
     """Train (or resume) a VQ-GAN run; `stop_after` ends this invocation early (with a checkpoint)."""
     resolve_data_channels(config, data_dir or config["data"].get("data_dir"))
     trainer = VQGANTrainer(config, run_dir)
-    tc, dc = trainer.train_cfg, config["data"]
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        trainer.resume()
-        for name in ("log.csv", "val.csv"):
-            truncate_csv(run_dir / name, trainer.step)
-    else:
-        check_fresh_run(run_dir)
-    size, channels = trainer.model_config.ddconfig["resolution"], trainer.model_config.ddconfig["in_channels"]
-    data_dir = data_dir or dc.get("data_dir")
-    train_set = load_source(dc["source"], data_dir=data_dir, size=size, channels=channels, limit=dc.get("limit"))
-    val_images = None
-    if dc.get("val_source"):
-        val_images = load_source(dc["val_source"], data_dir=data_dir, size=size, channels=channels, limit=tc["val_images"]).images
-    images = train_set.images
-    end = tc["steps"] if stop_after is None else min(tc["steps"], trainer.step + stop_after)
-    bar = tqdm(total=tc["steps"], initial=trainer.step, desc="vqgan", unit="step", disable=not progress)
-    t0 = time.time()
-    while trainer.step < end:
-        idx = batch_indices(tc["seed"], trainer.step, tc["batch_size"], len(images))
-        x = to_model_range(images[idx]).to(trainer.device)
-        logs = trainer.train_step(x)
-        if not math.isfinite(logs["loss"]):
-            raise RuntimeError(f"loss became {logs['loss']} at step {trainer.step}; lower train.lr or enable grad_clip.")
-        append_csv(run_dir / "log.csv", {"step": trainer.step, **{k: f"{v:.6g}" for k, v in logs.items()}})
-        bar.update(1)
-        bar.set_postfix(l1=f"{logs['rec_l1']:.4f}", cb=f"{logs['codebook']:.4f}")
-        last = trainer.step == end
-        if val_images is not None and (trainer.step % tc["val_every"] == 0 or trainer.step == tc["steps"]):
-            val = trainer.validate(val_images)
-            append_csv(run_dir / "val.csv", {"step": trainer.step, "seconds": f"{time.time() - t0:.1f}", **val})
-            ema = f", EMA {val['val_psnr_ema']:.2f} dB" if "val_psnr_ema" in val else ""
-            bar.write(f"step {trainer.step}: val PSNR live {val['val_psnr_live']:.2f} dB{ema} "
-                      f"(inference uses {trainer.inference_choice}), code usage {val['val_code_usage']:.1%}")
-        if trainer.step % tc["ckpt_every"] == 0 or last:
-            trainer.save()
-    bar.close()
-    if trainer.step == tc["steps"]:
-        trainer.save_final()
+    trainer.load_data(data_dir)
+    trainer.fit(resume, stop_after, progress)
     return trainer

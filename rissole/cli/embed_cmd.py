@@ -22,8 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="embed these captions / prompts instead of latents (minilm, joint, clip:PATH); "
                         "@FILE reads one text per line")
     p.add_argument("--out", required=True, help="embeddings .npy to write (manifest .json, rows and labels beside it)")
-    p.add_argument("--rows", default=None, metavar="START:STOP",
-                   help="embed only latents rows START..STOP-1 (e.g. 0:30000 for a disjoint half); default all")
+    p.add_argument("--rows", default=None, metavar="START:STOP[:STEP],...",
+                   help="embed only these latents rows, Python slices joined by commas in order (e.g. 0:30000 for a "
+                        "disjoint half; 0:2384:2,0:2384:2,2384:32384 repeats the even rows of a small part twice); "
+                        "default all")
     p.add_argument("--label", type=at.non_negative_int, default=None, help="keep only rows of this class label (a one-class database)")
     p.add_argument("--size", type=at.int_range(75), default=75, help="inception: input size (>= 75; 75 costs ~8 ms/image on a thread)")
     p.add_argument("--db", default=None, metavar="DIR", help="also build the grid-1 embedding database DIR from them")
@@ -34,17 +36,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_rows(spec: str | None, n: int) -> np.ndarray:
-    """'START:STOP' -> int64 ids (Python slice semantics on range(n)); None -> all rows."""
+    """'START:STOP[:STEP][,START:STOP[:STEP]...]' -> int64 ids, each part a Python slice of range(n), joined
+    in order (a row may repeat: oversampling a small part); None -> all rows."""
     if spec is None:
         return np.arange(n, dtype=np.int64)
-    start, sep, stop = spec.partition(":")
-    try:
-        sl = slice(int(start) if start else None, int(stop) if stop else None)
-    except ValueError as exc:
-        raise ConfigError(f"--rows {spec!r}: expected START:STOP, e.g. 0:30000") from exc
-    if not sep:
-        raise ConfigError(f"--rows {spec!r}: expected START:STOP, e.g. 0:30000")
-    return np.arange(n, dtype=np.int64)[sl]
+    parts = []
+    for part in spec.split(","):
+        fields = part.split(":")
+        try:
+            if len(fields) not in (2, 3):
+                raise ValueError(part)
+            sl = slice(*(int(f) if f else None for f in fields))
+        except ValueError:
+            raise ConfigError(f"--rows {spec!r}: expected START:STOP[:STEP] parts joined by commas, e.g. 0:30000 or "
+                              f"0:2384:2,2384:32384; {part!r} is not one") from None
+        if sl.step == 0:
+            raise ConfigError(f"--rows {spec!r}: a STEP of 0 in {part!r}")
+        parts.append(np.arange(n, dtype=np.int64)[sl])
+    return np.concatenate(parts)
 
 
 def _embed_text(args: argparse.Namespace) -> int:

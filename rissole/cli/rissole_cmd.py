@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rissole.heads.text_conditioning import STRATEGIES
 from rissole_runtime.diffusion.solvers import SAMPLERS
 from rissole_runtime import argtypes as at
 
@@ -53,7 +54,7 @@ def _train(args: argparse.Namespace, only_kind: str | None = None) -> int:
 
 # SamplingOptions fields only some heads take: their flags default to None, so a flag the chosen head does
 # not take is refused only when the user gave it
-HEAD_FLAGS = ("sampler", "steps", "eta", "order", "k", "top_k", "temperature")
+HEAD_FLAGS = ("sampler", "steps", "eta", "order", "k", "top_k", "temperature", "prompt", "strategy", "class_name", "pool")
 
 
 def register_sample(sub: argparse._SubParsersAction) -> None:
@@ -80,6 +81,18 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--top-k", type=at.non_negative_int, default=None, help="RARM: sample among the k most likely codes "
                                                                            "(default 0: all)")
     s.add_argument("--temperature", type=at.TEMPERATURE, default=None, help="RARM: softmax temperature (default 1)")
+    s.add_argument("--prompt", nargs="+", default=None, metavar="TEXT",
+                   help="RDM, RARM in a text-image space (joint, clip:PATH): condition on this text instead of "
+                        "pseudo-queries (several prompts cycle over the samples); see --strategy")
+    s.add_argument("--strategy", choices=STRATEGIES, default=None,
+                   help="how --prompt conditions (RDM paper, Fig. 2): neighbours (default: the k nearest image "
+                        "embeddings of the text), text+neighbours (the text embedding and its k-1 nearest), text "
+                        "(the text embedding alone)")
+    s.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                   help="RDM, RARM in a text-image space: post-hoc class conditioning (RDM paper, Sec. 3.3): "
+                        "'An image of a NAME' retrieves a pool of neighbours, each sample conditions on k of them")
+    s.add_argument("--pool", type=at.positive_int, default=None,
+                   help="--class: neighbours in the pool each sample draws its k from (default 4k)")
     s.add_argument("--db", "--database", dest="db", default=None,
                    help="database (default: the one recorded in the checkpoint); another database of the same kind "
                         "swaps the database (RDM paper, Sec. 4.3)")
@@ -87,7 +100,8 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", default="samples.png", help="output PNG grid")
     s.add_argument("--npy", default=None, help="also save the samples as a uint8 .npy (N, C, H, W), e.g. for `rissole eval fid`")
     s.add_argument("--show-retrieval", default=None, metavar="PNG",
-                   help="also write the paper's Figure 2 layout: pseudo-query | its k neighbours | the sample, one row each")
+                   help="also write the paper's Figure 2 layout: pseudo-query (or the prompt's text) | its k neighbours "
+                        "| the sample, one row each")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.set_defaults(func=_sample)
 
@@ -101,40 +115,49 @@ def _sample(args: argparse.Namespace) -> int:
 
     from rissole.checkpoint import load_checkpoint
     from rissole.cli.sample_files import BATCH, check_outputs, sample_to_files, write_sample_files
-    from rissole.heads.pipeline import SamplingOptions
+    from rissole.heads.pipeline import Conditioning, SamplingOptions
     from rissole.heads.registry import head, load_pipeline
+    from rissole_runtime.errors import ConfigError
     from rissole.paths import SHIPPED_RISSOLE, ensure_database_for
 
     check_outputs(args)
     if args.ckpt is None:
         args.ckpt = str(SHIPPED_RISSOLE)
     given = {f for f in HEAD_FLAGS if getattr(args, f) is not None}
-    options = SamplingOptions(guidance=args.guidance, top_m=args.top_m, seed=args.seed,
-                              **{f: getattr(args, f) for f in given})
+    if args.query and (args.prompt or args.class_name):
+        raise ConfigError("--query conditions on your images, --prompt / --class on a text; give one of them.")
+    values = {f: tuple(args.prompt) if f == "prompt" else getattr(args, f) for f in given}
+    options = SamplingOptions(guidance=args.guidance, top_m=args.top_m, seed=args.seed, **values)
     kind = load_checkpoint(args.ckpt).kind
     head(kind, args.ckpt).load("pipeline").check(options, given, args.ckpt)  # before any database is built
     if args.db is None:
         ensure_database_for(args.ckpt)
     pipe = load_pipeline(args.ckpt, database=args.db, vqgan=args.vqgan, device=args.device)
-    rows, images = None, None
+    images = None
     if args.query:
         from rissole.data import ImageFolder
 
         dd = pipe.vqgan.config.ddconfig
         images = ImageFolder.from_files(args.query, size=dd["resolution"], channels=dd["in_channels"]).images
-        ids = pipe.query_neighbours(images, options.k)[np.arange(args.n) % len(images)]
+        cond = Conditioning(pipe.query_neighbours(images, options.k)[np.arange(args.n) % len(images)])
     else:
-        rows = pipe.pseudo_queries(args.n, options.top_m, options.seed)
-        ids = pipe.neighbour_ids(rows, options.k)
+        cond = pipe.conditioning(args.n, options)  # pseudo-queries, or the prompt's / class's neighbours
     bar = tqdm(total=pipe.num_steps(options) * -(-args.n // BATCH), desc=f"sample {kind}", unit="step")
     t0 = time.perf_counter()
-    out = sample_to_files(args.n, options.seed, args.npy, lambda sl, seed: pipe.generate(
-        None if ids is None else ids[sl], dataclasses.replace(options, seed=seed), n=sl.stop - sl.start,
-        progress=lambda i: bar.update(1))[0])
+
+    def generate(sl: slice, seed: int) -> np.ndarray:
+        part = cond.part(sl)
+        return pipe.generate(part.ids, dataclasses.replace(options, seed=seed), n=sl.stop - sl.start,
+                             progress=lambda i: bar.update(1), context=part.context)[0]
+
+    out = sample_to_files(args.n, options.seed, args.npy, generate)
     bar.close()
     dt = time.perf_counter() - t0
-    write_sample_files(args, pipe, out, ids, rows, images)
+    write_sample_files(args, pipe, out, cond, images)
+    ids = cond.ids
     k = "" if ids is None else f", k = {ids.shape[1]}"
+    if cond.texts is not None:
+        k += f", conditioned on {cond.texts[0]!r}" + (f" ({options.strategy})" if options.prompt else "")
     print(f"wrote {args.out}: {args.n} {kind} samples ({pipe.describe(options)}{k}, guidance {options.guidance}, "
           f"top-m {options.top_m}, database {pipe.db.path}), {dt:.1f} s ({dt / args.n * 1e3:.0f} ms/image)")
     return 0

@@ -12,7 +12,7 @@ import numpy as np
 
 from rissole_runtime.batches import BATCH, GRID_MAX, generate_in_batches, npy_store
 from rissole_runtime.fileio import NPY, write_json_atomic
-from rissole_runtime.images import save_grid
+from rissole_runtime.images import labelled_rows, save_grid, save_png
 
 __all__ = ["BATCH", "GRID_MAX", "check_outputs", "npy_store", "sample_to_files", "write_sample_files"]
 
@@ -44,24 +44,29 @@ def write_samples_manifest(npy: str | os.PathLike, pipe: Any, n: int, resolution
         "reference": pipe.reference_source()})
 
 
-def write_sample_files(args: argparse.Namespace, pipe: Any, out: np.ndarray, ids: np.ndarray | None,
-                       rows: np.ndarray | None, query_images: np.ndarray | None) -> None:
+def write_sample_files(args: argparse.Namespace, pipe: Any, out: np.ndarray, cond: Any,
+                       query_images: np.ndarray | None) -> None:
     """args.out: the samples (the first GRID_MAX) as a square PNG grid; args.show_retrieval: one line per sample
     (up to 8) of query | its k retrieved rows | the sample. (args.npy was streamed by sample_to_files.)
-    The query is the pseudo-query row (`rows`) or the user's image (`query_images`, cycled)."""
+    The query is the pseudo-query row (cond.rows), the user's image (`query_images`, cycled) or the prompt's
+    text (cond.texts, written beside the row; a slot holding the text embedding itself is left blank)."""
     save_grid(out, args.out, nrow=int(np.ceil(np.sqrt(len(out)))))
     if args.npy:
         write_samples_manifest(args.npy, pipe, args.n, out.shape[-1])
     if len(out) < args.n:
         print(f"{args.out} shows the first {len(out)} of {args.n} samples" + (f"; {args.npy} holds all" if args.npy else
                                                                              "; pass --npy to keep all"))
-    if args.show_retrieval and ids is not None:
+    if args.show_retrieval and cond.ids is not None:
         shown = min(len(out), 8)
-        nbrs = pipe.rows_as_images(ids[:shown])  # (r, k, C, H, W)
-        if rows is not None:
-            query = pipe.rows_as_images(rows[:shown])
-        else:
-            query = query_images[np.arange(shown) % len(query_images)]
-        blank = np.full_like(query, 255)
-        grid = np.concatenate([query[:, None], blank[:, None], nbrs, blank[:, None], out[:shown, None]], axis=1)
+        ids = cond.ids[:shown]
+        nbrs = pipe.rows_as_images(np.where(ids < 0, 0, ids))  # (r, k, C, H, W)
+        nbrs[ids < 0] = 255
+        blank = np.full_like(out[:shown, None], 255)
+        if cond.texts is not None:
+            grid = np.concatenate([nbrs, blank, out[:shown, None]], axis=1)
+            save_png(labelled_rows(grid, cond.texts[:shown]), args.show_retrieval)
+            return
+        query = pipe.rows_as_images(cond.rows[:shown]) if cond.rows is not None else \
+            query_images[np.arange(shown) % len(query_images)]
+        grid = np.concatenate([query[:, None], blank, nbrs, blank, out[:shown, None]], axis=1)
         save_grid(grid.reshape(-1, *grid.shape[2:]), args.show_retrieval, nrow=grid.shape[1])

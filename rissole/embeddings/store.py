@@ -111,13 +111,14 @@ def _write_sidecars(embedder: Embedder, lat: Latents, latents_path: Path, out: P
 
 
 def _source_images(lat: Latents) -> np.ndarray:
-    from rissole.data import load_source
+    from rissole.data import load_source, source_channels
 
     spec = lat.manifest.get("source")
     if not spec:
         raise DataError(f"{lat.path}: the latents manifest names no image source; this embedder needs the images.")
     n = len(lat.array)
-    images = load_source(spec, limit=n).images  # `rissole encode --limit N` encodes the first N images
+    # colour sources load as colour (an RGB VQ-GAN's latents); `rissole encode --limit N` encodes the first N
+    images = load_source(spec, limit=n, channels=source_channels(spec)).images
     if len(images) != n:
         raise DataError(f"{lat.path}: its source {spec!r} holds {len(images)} images, the latents {n} rows; "
                         "re-encode the source with `rissole encode` so rows line up.")

@@ -9,7 +9,10 @@ rissole.heads.rarm.pipeline).
 Unconditional sampling needs no search: pseudo-queries come from p_D of the database (uniform when
 it has no training table) and their neighbours from its `database` table. Swapping the database
 (RDM paper, Sec. 4.3) is opening another embedding database of the same embedding: its table, its
-p_D and its vectors are used from then on.
+p_D and its vectors are used from then on. In a text-image space (joint, clip:PATH) a text prompt or a
+class name replaces the pseudo-queries (rissole.heads.text_conditioning):
+
+    pipe.sample(16, SamplingOptions(prompt=("a red apple",), strategy="text+neighbours", guidance=2.0))
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import torch
 from rissole.checkpoint import Checkpoint
 from rissole.embeddings.base import EmbeddingSpec
 from rissole.embeddings.store import KEY_MODE, EmbeddingDatabase, open_embedding_database
-from rissole.heads.pipeline import Pipeline
+from rissole.heads.pipeline import Conditioning, Pipeline, SamplingOptions
+
+TEXT_OPTIONS = frozenset({"prompt", "strategy", "class_name", "pool"})  # what both heads take in a text-image space
 
 
 class NeighbourHeadPipeline(Pipeline):
@@ -53,9 +58,25 @@ class NeighbourHeadPipeline(Pipeline):
         queries = embedder.embed_images(images)
         return make_searcher("exact").build(KeySet(self.db, KEY_MODE)).search(queries, k or self.k)[0]
 
-    def neighbour_embeddings(self, neighbour_ids: np.ndarray) -> torch.Tensor:
-        """(n, k, d) float32: what the head's cross-attention reads, from this pipeline's database."""
+    def neighbour_embeddings(self, neighbour_ids: np.ndarray, context: np.ndarray | None = None) -> torch.Tensor:
+        """(n, k, d) float32: what the head's cross-attention reads, from this pipeline's database (or the
+        given `context` embeddings of a text prompt)."""
+        if context is not None:
+            return torch.from_numpy(np.ascontiguousarray(context, dtype=np.float32))
         return torch.from_numpy(self.edb.embeddings(neighbour_ids))
+
+    def conditioning(self, n: int, options: SamplingOptions) -> Conditioning:
+        """Pseudo-queries (the base's), or the prompt's / the class's neighbours and text embedding."""
+        from rissole.heads.text_conditioning import class_conditioning, prompt_conditioning
+
+        k = options.k or self.k
+        if options.prompt is not None:
+            tc = prompt_conditioning(self, list(options.prompt), n, options.strategy, k)
+        elif options.class_name is not None:
+            tc = class_conditioning(self, options.class_name, n, k, options.pool, options.seed)
+        else:
+            return super().conditioning(n, options)
+        return Conditioning(tc.ids, None, tc.context, tc.texts)
 
     def row_latents(self, rows: np.ndarray) -> np.ndarray:
         """The rows' source latents (the embedding database keeps where they came from)."""

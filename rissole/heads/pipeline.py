@@ -37,14 +37,16 @@ from rissole_runtime.retrieval.proposal import PseudoQuerySampler, proposal_from
 
 # options only some heads take -> the `rissole sample` flag that sets it
 HEAD_OPTIONS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "order": "--order", "k": "-k",
-                "top_k": "--top-k", "temperature": "--temperature"}
+                "top_k": "--top-k", "temperature": "--temperature", "prompt": "--prompt", "strategy": "--strategy",
+                "class_name": "--class", "pool": "--pool"}
 
 
 @dataclass(frozen=True)
 class SamplingOptions:
     """How to sample. Every head: guidance, top_m, seed, batch. Diffusion heads: sampler, steps, eta;
     RISSOLE: order; RDM and RARM: k (neighbours per sample; None: the model's k_train); RARM: top_k,
-    temperature. `batch`: None draws all n in one generate call with noise seed `seed`; a number draws
+    temperature; RDM in a text-image space (rissole.heads.text_conditioning): prompt (texts, cycled over the
+    samples) with strategy, or class_name with pool, instead of pseudo-queries. `batch`: None draws all n in one generate call with noise seed `seed`; a number draws
     `batch` at a time, the batch starting at image s with noise seed `seed * 100_003 + s` (the paper
     table's evaluation)."""
 
@@ -60,6 +62,10 @@ class SamplingOptions:
     top_k: int = 0
     temperature: float = 1.0
     spacing: str | None = None  # timestep spacing of dpmpp2m / unipc (None: the solvers' default, trailing)
+    prompt: tuple[str, ...] | None = None
+    strategy: str = "neighbours"
+    class_name: str | None = None
+    pool: int | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -71,11 +77,35 @@ class SamplingOptions:
             raise ConfigError(f"top-m must be in (0, 1], found {self.top_m}")
         if self.batch is not None and self.batch < 1:
             raise ConfigError(f"batch must be >= 1, found {self.batch}")
+        if self.prompt is not None and self.class_name is not None:
+            raise ConfigError("--prompt and --class both given; condition on a text prompt or on a class, not both.")
+        if self.strategy != "neighbours" and self.prompt is None:
+            raise ConfigError(f"--strategy {self.strategy}: a strategy says how a --prompt conditions; give --prompt.")
+        if self.pool is not None and self.class_name is None:
+            raise ConfigError("--pool: the neighbour pool of --class; give --class.")
+        if self.prompt is not None and not (self.prompt and all(t.strip() for t in self.prompt)):
+            raise ConfigError("--prompt: empty text; give at least one non-empty prompt.")
 
     def changed(self) -> set[str]:
         """Head-specific options set to something other than their default."""
         default = SamplingOptions()
         return {f for f in HEAD_OPTIONS if getattr(self, f) != getattr(default, f)}
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What n samples condition on: `ids` (n, k) database rows (None: a head without retrieval), the
+    pseudo-query `rows` they came from (None for a user's query or a prompt), and for text prompts the
+    `context` embeddings themselves (n, k', d) with the `texts` (rissole.heads.text_conditioning)."""
+
+    ids: np.ndarray | None
+    rows: np.ndarray | None = None
+    context: np.ndarray | None = None
+    texts: list[str] | None = None
+
+    def part(self, sl: slice) -> "Conditioning":
+        cut = lambda a: None if a is None else a[sl]  # noqa: E731
+        return Conditioning(cut(self.ids), cut(self.rows), cut(self.context), cut(self.texts))
 
 
 class Pipeline:
@@ -155,6 +185,12 @@ class Pipeline:
         """(n, k) neighbour ids of the user's own uint8 images, by a live exact search."""
         raise NotImplementedError
 
+    def conditioning(self, n: int, options: SamplingOptions) -> Conditioning:
+        """n samples' conditioning without a user query: pseudo-queries from p_D (top-m, seeded) and their
+        neighbours (heads that take text prompts override this for options.prompt / class_name)."""
+        rows = self.pseudo_queries(n, options.top_m, options.seed)
+        return Conditioning(self.neighbour_ids(rows, options.k), rows)
+
     # -- images ------------------------------------------------------------------------------------
     def row_latents(self, rows: np.ndarray) -> np.ndarray:
         """Unscaled latents (n, c, h, w) of database rows."""
@@ -209,26 +245,27 @@ class Pipeline:
         return f"{options.sampler} {self.num_steps(options)} steps"
 
     def generate(self, neighbour_ids: np.ndarray | None, options: SamplingOptions, n: int | None = None,
-                 progress: Callable[[int], None] | None = None,
-                 x_T: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                 progress: Callable[[int], None] | None = None, x_T: torch.Tensor | None = None,
+                 context: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor]:
         """(uint8 images (n, C, H, W), the head's raw output) for these neighbours, noise seed options.seed.
-        `x_T` (diffusion heads) fixes the initial noise (parity with the edge runtime)."""
+        `x_T` (diffusion heads) fixes the initial noise (parity with the edge runtime); `context` (heads
+        conditioned on embeddings) replaces the neighbours' embeddings (a text prompt's Conditioning)."""
         raise NotImplementedError
 
     def sample(self, n: int, options: SamplingOptions,
                progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, float]:
-        """n uint8 images from n pseudo-queries (p_D, top-m, seeded) and the seconds spent in `generate`;
-        options.batch at a time (see SamplingOptions)."""
+        """n uint8 images from n pseudo-queries (p_D, top-m, seeded) or the options' prompt or class, and the
+        seconds spent in `generate`; options.batch at a time (see SamplingOptions)."""
         self.check(options)
-        rows = self.pseudo_queries(n, options.top_m, options.seed)
+        cond = self.conditioning(n, options)
         batch = options.batch or n
         out, seconds = [], 0.0
         for s in range(0, n, batch):
-            part = rows[s : s + batch]
+            part = cond.part(slice(s, s + batch))
             seed = options.seed if options.batch is None else options.seed * 100_003 + s
             t0 = time.perf_counter()
-            images, _ = self.generate(self.neighbour_ids(part, options.k), dataclasses.replace(options, seed=seed),
-                                      n=len(part), progress=progress)
+            images, _ = self.generate(part.ids, dataclasses.replace(options, seed=seed), n=min(batch, n - s),
+                                      progress=progress, context=part.context)
             seconds += time.perf_counter() - t0
             out.append(images)
         return np.concatenate(out), seconds

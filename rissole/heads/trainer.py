@@ -17,15 +17,12 @@ RUN/log.csv (step, loss, lr, seconds).
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from rissole.checkpoint import Checkpoint
 from rissole.config import require, require_data
@@ -35,12 +32,10 @@ from rissole_runtime.errors import ConfigError, DataError
 from rissole.models.params import format_counts
 from rissole.training import (
     RunTrainer,
-    append_csv,
     batch_indices,
     check_fresh_run,
     learning_rate,
     set_learning_rate,
-    truncate_csv,
     with_defaults,
 )
 
@@ -177,31 +172,10 @@ def train_head(
     progress: bool = True,
 ) -> HeadTrainer:
     """Train (or resume) a run; `stop_after` ends this invocation early, with a checkpoint."""
-    run_dir = Path(run_dir)
     if not resume:
-        check_fresh_run(run_dir)
+        check_fresh_run(Path(run_dir))  # before the trainer opens any data
     trainer = trainer_cls(config, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        trainer.resume()
-        truncate_csv(run_dir / "log.csv", trainer.step)
-    tc = trainer.tc
     if progress:
         print(f"parameters used by the forward pass:\n{format_counts(trainer.counts)}")
-    end = tc["steps"] if stop_after is None else min(tc["steps"], trainer.step + stop_after)
-    bar = tqdm(total=tc["steps"], initial=trainer.step, desc=trainer.kind, unit="step", disable=not progress)
-    t0 = time.time()
-    while trainer.step < end:
-        logs = trainer.train_step()
-        if not math.isfinite(logs["loss"]):
-            raise RuntimeError(f"loss became {logs['loss']} at step {trainer.step}; lower train.lr.")
-        append_csv(run_dir / "log.csv", {"step": trainer.step, "loss": f"{logs['loss']:.6g}", "lr": f"{logs['lr']:.6g}",
-                                         "seconds": f"{time.time() - t0:.1f}"})
-        bar.update(1)
-        bar.set_postfix(loss=f"{logs['loss']:.4f}")
-        if trainer.step % tc["ckpt_every"] == 0 or trainer.step == end:
-            trainer.save()
-    bar.close()
-    if trainer.step == tc["steps"]:
-        trainer.save_final()
+    trainer.fit(resume, stop_after, progress)
     return trainer

@@ -37,3 +37,25 @@ def save_png(array: np.ndarray, path: str | os.PathLike, scale: int = 1) -> Path
 
 def save_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = None, scale: int = 2) -> Path:
     return save_png(make_grid(images, nrow=nrow), path, scale=scale)
+
+
+def labelled_rows(rows: np.ndarray, labels: list[str], scale: int = 2, label_width: int = 220) -> np.ndarray:
+    """uint8 (r, m, C, H, W) image rows -> one RGB (H', W', 3) mosaic, each row's text (e.g. its prompt) on
+    its left, wrapped to the label column; images upscaled by `scale` (nearest)."""
+    import textwrap
+
+    from PIL import ImageDraw, ImageFont
+
+    r, m, c, h, w = rows.shape
+    grid = make_grid(rows.reshape(r * m, c, h, w), nrow=m)
+    if c == 1:
+        grid = np.repeat(grid, 3, axis=-1)
+    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.Resampling.NEAREST)
+    out = Image.new("RGB", (img.width + label_width, img.height), "white")
+    out.paste(img, (label_width, 0))
+    draw, font = ImageDraw.Draw(out), ImageFont.load_default()
+    row_h = (h + 2) * scale
+    for i, text in enumerate(labels[:r]):
+        lines = textwrap.wrap(text, width=max(8, label_width // 7))[: max(1, row_h // 12)]
+        draw.multiline_text((4, 2 * scale + i * row_h), "\n".join(lines), fill="black", font=font, spacing=1)
+    return np.asarray(out)

@@ -8,13 +8,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
+from rissole.heads.neighbour_pipeline import TEXT_OPTIONS, NeighbourHeadPipeline
 from rissole.heads.pipeline import SamplingOptions
 
 
 class RARMPipeline(NeighbourHeadPipeline):
     kind = "rarm"
-    accepts = frozenset({"k", "top_k", "temperature"})
+    accepts = TEXT_OPTIONS | frozenset({"k", "top_k", "temperature"})
 
     def num_steps(self, options: SamplingOptions) -> int:
         return int(self.model.config.seq_len)
@@ -33,12 +33,12 @@ class RARMPipeline(NeighbourHeadPipeline):
 
     @torch.no_grad()
     def generate(self, neighbour_ids: np.ndarray, options: SamplingOptions, n: int | None = None,
-                 progress: Callable[[int], None] | None = None,
-                 x_T: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                 progress: Callable[[int], None] | None = None, x_T: torch.Tensor | None = None,
+                 context: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor]:
         """(uint8 images (n, C, H, W), code indices (n, L)); RARM draws no initial noise (x_T unused)."""
         from rissole.heads.rarm.sampling import sample_codes
 
         gen = torch.Generator().manual_seed(options.seed)
-        codes = sample_codes(self.model, self.neighbour_embeddings(neighbour_ids), gen, options.guidance,
+        codes = sample_codes(self.model, self.neighbour_embeddings(neighbour_ids, context), gen, options.guidance,
                              options.top_k, options.temperature, cache=True, progress=progress)
         return self.decode_codes(codes), codes.cpu()

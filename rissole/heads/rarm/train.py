@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from rissole_runtime.errors import DataError
 from rissole.heads.rarm.codes import code_indices, vqgan_codebook
 from rissole.heads.rdm.train import NeighbourHeadTrainer
-from rissole.heads.registry import head
 from rissole.heads.trainer import COMMON_DEFAULTS, train_head
 from rissole.models.params import used_parameters
 from rissole.models.rarm_transformer import RARMTransformer

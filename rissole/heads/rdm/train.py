@@ -19,7 +19,6 @@ from rissole.embeddings.store import EmbeddingDatabase, open_embedding_database
 from rissole_runtime.errors import DataError
 from rissole.heads.neighbour_data import NeighbourBatcher, latents_std
 from rissole.heads.rdm.loss import RDMLoss
-from rissole.heads.registry import head
 from rissole.heads.trainer import COMMON_DEFAULTS, HeadTrainer, train_head
 from rissole.models.params import used_parameters
 from rissole.models.rdm_unet import RDMUNet

@@ -58,10 +58,12 @@ class RissolePipeline(Pipeline):
 
     @torch.no_grad()
     def generate(self, neighbour_ids: np.ndarray | None, options: SamplingOptions, n: int | None = None,
-                 progress: Callable[[int], None] | None = None,
-                 x_T: torch.Tensor | None = None) -> tuple[np.ndarray, torch.Tensor]:
+                 progress: Callable[[int], None] | None = None, x_T: torch.Tensor | None = None,
+                 context: np.ndarray | None = None) -> tuple[np.ndarray, torch.Tensor]:
         """(uint8 images (n, C, H, W), unscaled latents (n, c, h, w)); x_T (n, b, c, s, s). x_T and the stochastic
         steps' noise come from NoiseSource(seed), as in rissole-run, so the same seed gives the same image there."""
+        if context is not None:
+            raise ValueError("RISSOLE conditions on neighbour blocks of its database, not on embeddings (context)")
         scale = float(self.config["scale_factor"])
         nb = None
         if self.model.config.retrieval:

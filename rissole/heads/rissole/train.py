@@ -20,7 +20,6 @@ from rissole.checkpoint import Checkpoint
 from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole.heads.rissole.batches import BlockBatcher, check_pairing, latent_std
 from rissole.heads.rissole.loss import BlockDiffusionLoss
-from rissole.heads.registry import head
 from rissole.heads.trainer import COMMON_DEFAULTS, HeadTrainer, train_head
 from rissole.models.block_unet import BlockDenoiser
 from rissole.models.params import used_parameters

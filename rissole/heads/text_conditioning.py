@@ -1,0 +1,106 @@
+"""Text and class prompts for heads conditioned on neighbour embeddings in a joint text-image space.
+
+The RDM paper trains on images only and conditions at inference on what a text embedding retrieves
+(Sec. 4.2, Fig. 2), in one of three ways:
+
+    text             (i)   the prompt's text embedding alone, as one conditioning token
+    text+neighbours  (ii)  the text embedding and its k - 1 nearest image embeddings in the database
+    neighbours       (iii) only the k nearest image embeddings of the text
+
+and post-hoc class conditioning (Sec. 3.3): the text "An image of a t(c)" retrieves a pool of l >= k
+neighbours, and every sample conditions on k of them drawn at random. Swapping the database for one of a
+single style is zero-shot stylization (Rombach et al., "Text-Guided Synthesis of Artistic Images with
+Retrieval-Augmented Diffusion Models"). Only an embedding space with a text tower allows any of this
+(the `joint` and `clip:PATH` embedders); the text is embedded by the embedder the database records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rissole_runtime.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
+
+STRATEGIES = ("neighbours", "text+neighbours", "text")
+CLASS_TEMPLATE = "An image of a {}"  # the RDM paper's class prompt, Sec. 3.3
+
+
+@dataclass(frozen=True)
+class TextConditioning:
+    """What n samples condition on: `context` (n, k', d) unit vectors for the head, and the database rows
+    among them (`ids` (n, k''), -1 where a slot holds the text embedding itself) to show."""
+
+    context: np.ndarray
+    ids: np.ndarray
+    texts: list[str]  # the text each sample was prompted with
+
+
+def embed_prompts(pipe: "NeighbourHeadPipeline", texts: list[str]) -> np.ndarray:
+    """(len(texts), d) text embeddings in the database's space; an embedding without a text tower is an error
+    that names it."""
+    from rissole.embeddings import embedder_for_spec
+
+    spec = pipe.edb.spec
+    if spec.embedder.partition(":")[0] not in ("joint", "clip"):
+        raise ConfigError(f"{pipe.path}: the model conditions on {spec.describe()}, which have no text tower; "
+                          "--prompt and --class need a model trained on joint or clip:PATH embeddings "
+                          "(e.g. configs/rdm/stickers_joint.yaml).")
+    if getattr(pipe, "_text_embedder", None) is None:
+        lat_shape = tuple(pipe.edb.source_latents().array.shape[1:])
+        pipe._text_embedder = embedder_for_spec(spec, lat_shape, device=str(pipe.device))
+    v = np.asarray(pipe._text_embedder.embed_texts(list(texts)), dtype=np.float32)
+    if v.shape != (len(texts), spec.dim):
+        raise DataError(f"the text tower made {list(v.shape)} vectors, the database holds d = {spec.dim}.")
+    return v
+
+
+def search(pipe: "NeighbourHeadPipeline", queries: np.ndarray, k: int) -> np.ndarray:
+    """(q, k) database rows nearest to unit query vectors, by exact dot product (the database's key mode)."""
+    from rissole.embeddings.store import KEY_MODE
+    from rissole.retrieval.keys import KeySet
+    from rissole.retrieval.searchers import make_searcher
+
+    if k > len(pipe.edb):
+        raise ConfigError(f"{k} neighbours asked for, the database {pipe.edb.path} holds {len(pipe.edb)} rows.")
+    if getattr(pipe, "_text_searcher", None) is None:
+        pipe._text_searcher = make_searcher("exact").build(KeySet(pipe.db, KEY_MODE))
+    return np.asarray(pipe._text_searcher.search(queries, k)[0])
+
+
+def prompt_conditioning(pipe: "NeighbourHeadPipeline", prompts: list[str], n: int, strategy: str,
+                        k: int) -> TextConditioning:
+    """n samples' conditioning for prompts cycled over n, by one of the RDM paper's three strategies."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, found {strategy!r}")
+    texts = [prompts[i % len(prompts)] for i in range(n)]
+    text = embed_prompts(pipe, list(prompts))[np.arange(n) % len(prompts)]  # (n, d)
+    if strategy == "text":
+        return TextConditioning(text[:, None], np.full((n, 1), -1, dtype=np.int64), texts)
+    m = k if strategy == "neighbours" else k - 1
+    if m < 1:
+        raise ConfigError(f"--strategy {strategy} with k = {k}: no image neighbours left beside the text; use k >= 2.")
+    ids = search(pipe, text, m)
+    nbrs = pipe.edb.embeddings(ids)  # (n, m, d)
+    if strategy == "neighbours":
+        return TextConditioning(nbrs, ids, texts)
+    return TextConditioning(np.concatenate([text[:, None], nbrs], axis=1),
+                            np.concatenate([np.full((n, 1), -1, dtype=np.int64), ids], axis=1), texts)
+
+
+def class_conditioning(pipe: "NeighbourHeadPipeline", class_name: str, n: int, k: int, pool: int | None,
+                       seed: int) -> TextConditioning:
+    """Post-hoc class conditioning (RDM paper, Sec. 3.3): "An image of a <class>" retrieves a pool of l
+    neighbours (default 4k), each sample draws k of them without replacement (seeded)."""
+    pool = pool or 4 * k
+    if pool < k:
+        raise ConfigError(f"--pool {pool} is smaller than k = {k}; the pool must hold at least k neighbours.")
+    text = CLASS_TEMPLATE.format(class_name)
+    candidates = search(pipe, embed_prompts(pipe, [text]), pool)[0]  # (pool,)
+    rng = np.random.default_rng(seed)
+    ids = np.stack([candidates[rng.permutation(pool)[:k]] for _ in range(n)])
+    return TextConditioning(pipe.edb.embeddings(ids), ids, [text] * n)
