@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from einops import rearrange
+
+from rissole.retrieval.keys import KeySet, latent_keys, normalise
+from rissole_runtime.retrieval.blocks import split_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -64,10 +68,9 @@ def run_build(spec: dict[str, Any]) -> dict[str, Any]:
     import gc
 
     from rissole.retrieval import open_database
-    from rissole.retrieval.keys import KeySet
     from rissole.retrieval.searchers import make_searcher
 
-    keys = KeySet(open_database(spec["db"]), spec["mode"])
+    keys = key_set(open_database(spec["db"]), spec["mode"])
     gc.collect()
     base = mem_status()
     reset_peak()
@@ -91,10 +94,9 @@ def run_search(spec: dict[str, Any]) -> dict[str, Any]:
 
     from rissole.retrieval import open_database
     from rissole.retrieval.evaluate import recall_at_k
-    from rissole.retrieval.keys import KeySet
     from rissole.retrieval.searchers import load_searcher
 
-    keys = KeySet(open_database(spec["db"]), spec["mode"])
+    keys = key_set(open_database(spec["db"]), spec["mode"])
     data = np.load(spec["truth"])
     queries, truth = data["queries"], data["ids"]
     gc.collect()
@@ -156,17 +158,47 @@ def ensure_data(args: argparse.Namespace) -> None:
         assert rissole(["db", "build", str(args.latents), "--out", str(args.db), "--grid", "2"]) == 0
 
 
+def key_set(db: Any, mode: str) -> KeySet:
+    """The database's keys in `mode`: the package's block0 / latent, or all_blocks (AllBlockKeys)."""
+    return AllBlockKeys(db) if mode == "all_blocks" else KeySet(db, mode)
+
+
+def query_keys(z: np.ndarray, grid: int, mode: str) -> np.ndarray:
+    """Normalised keys of held-out latents in `mode` (all_blocks: every block of every image, block-major)."""
+    if mode != "all_blocks":
+        return latent_keys(z, grid, mode)
+    return normalise(rearrange(split_blocks(np.asarray(z, dtype=np.float32), grid), "n b c h w -> (b n) (c h w)"))
+
+
+class AllBlockKeys(KeySet):
+    """Every block position of every image as its own key row (b*N rows of d_block; row r is block r // N
+    of image r % N): how search grows with n, beyond what sampling needs."""
+
+    def __init__(self, db: Any) -> None:
+        self.db, self.mode = db, "all_blocks"
+        b, n, d = db.array.shape
+        self.n, self.dim = n * b, d
+
+    def raw_rows(self, start: int, stop: int) -> np.ndarray:
+        a = self.db.array
+        return np.asarray(a.reshape(-1, a.shape[2])[start:stop], dtype=np.float32)
+
+    def gather(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        a = self.db.array
+        return normalise(np.take(a.reshape(-1, a.shape[2]), ids.ravel(), axis=0)).reshape(*ids.shape, self.dim)
+
+
 def ground_truth(db_path: str, mode: str, queries_path: str, n: int, out: Path) -> dict[str, Any]:
     """Held-out query keys and their exact top-20 (the reference), saved for the children."""
     from rissole.latents import open_latents
     from rissole.retrieval import open_database
-    from rissole.retrieval.keys import KeySet, latent_keys
     from rissole.retrieval.searchers import make_searcher
 
     db = open_database(db_path)
-    keys = KeySet(db, mode)
+    keys = key_set(db, mode)
     z = np.asarray(open_latents(queries_path).array[:n])
-    q = latent_keys(z, db.grid, mode)
+    q = query_keys(z, db.grid, mode)
     if mode == "all_blocks":  # every block position of the held-out images, n of them at random
         q = q[np.sort(np.random.default_rng(0).choice(len(q), n, replace=False))]
     ids, _ = make_searcher("exact").build(keys).search(q, 20)

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from rissole import distributed
 from rissole.config import check_section_types
 from rissole_runtime.errors import CheckpointError, ConfigError
 
@@ -238,6 +239,7 @@ class RunTrainer:
         tensors.update(rng_tensors(self.gen))
         tensors.update(self.extra_state())
         meta["scaler"] = self.scaler.state_dict()
+        meta["world_size"] = distributed.world().size
         save_checkpoint(self.run_dir / "checkpoint", self.kind, self.step, run_config(self.config),
                         {**self.final_weights(), **self.extra_weights()}, tensors, meta)
 
@@ -264,6 +266,12 @@ class RunTrainer:
         if "scaler" in ckpt.trainer_meta:  # checkpoints written before mixed precision have none
             self.scaler.load_state_dict(ckpt.trainer_meta["scaler"])
         self.step = ckpt.step
+        saved_world, w = ckpt.trainer_meta.get("world_size", 1), distributed.world()
+        if saved_world != w.size and w.main:
+            print(f"{ckpt.path}: written by a run of {saved_world} process(es), resumed with {w.size}. The global batch "
+                  "(train.batch_size) and its data order are kept, so training continues as before; only the order in "
+                  "which gradients are summed changes, so the result is not bit-identical to an uninterrupted run. "
+                  f"For that, resume with torchrun --nproc_per_node={saved_world} (or one process for 1).")
 
     def fit(self, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> "RunTrainer":
         """Train to config train.steps (or `stop_after` more steps, ending with a checkpoint); with `resume`,
@@ -273,28 +281,34 @@ class RunTrainer:
         from tqdm import tqdm
 
         tc = self.config["train"]
+        main = distributed.world().main  # under torchrun, rank 0 alone writes checkpoints, logs and the bar
         if resume:
             self.resume()
-            for name in self.log_files:
-                truncate_csv(self.run_dir / name, self.step)
+            if main:
+                for name in self.log_files:
+                    truncate_csv(self.run_dir / name, self.step)
         else:
             check_fresh_run(self.run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()  # every rank has checked the run directory before rank 0 writes into it
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         end = tc["steps"] if stop_after is None else min(tc["steps"], self.step + stop_after)
-        bar = tqdm(total=tc["steps"], initial=self.step, desc=self.kind, unit="step", disable=not progress)
+        bar = tqdm(total=tc["steps"], initial=self.step, desc=self.kind, unit="step", disable=not (progress and main))
         t0 = time.time()
         while self.step < end:
             logs = self.train_step()
             if not math.isfinite(logs["loss"]):
                 raise RuntimeError(f"loss became {logs['loss']} at step {self.step}; lower train.lr or enable grad_clip.")
-            append_csv(self.run_dir / "log.csv", {"step": self.step, **{k: f"{v:.6g}" for k, v in logs.items()},
-                                                   "seconds": f"{time.time() - t0:.1f}"})
-            bar.update(1)
-            bar.set_postfix(self.postfix(logs))
-            self.after_step(time.time() - t0, bar.write)
-            if self.step % tc["ckpt_every"] == 0 or self.step == end:
-                self.save()
+            if main:
+                append_csv(self.run_dir / "log.csv", {"step": self.step, **{k: f"{v:.6g}" for k, v in logs.items()},
+                                                       "seconds": f"{time.time() - t0:.1f}"})
+                bar.update(1)
+                bar.set_postfix(self.postfix(logs))
+                self.after_step(time.time() - t0, bar.write)
+                if self.step % tc["ckpt_every"] == 0 or self.step == end:
+                    self.save()
         bar.close()
-        if self.step == tc["steps"]:
+        if main and self.step == tc["steps"]:
             self.save_final()
+        distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
         return self

@@ -147,9 +147,11 @@ def test_exact_search_equals_brute_force(db, queries: dict[str, np.ndarray], mod
 
 def test_keys_agree_between_database_and_latents(db, latents: dict[str, Path]) -> None:
     z = np.load(latents["train"])[:50]
+    from benchmarks.retrieval import key_set, query_keys  # all_blocks: the benchmark's key mode
+
     for mode in ("block0", "latent", "all_blocks"):
-        keys = KeySet(db, mode)
-        direct = latent_keys(z, 2, mode)
+        keys = key_set(db, mode)
+        direct = query_keys(z, 2, mode)
         if mode == "all_blocks":
             rows = np.concatenate([np.arange(50) + i * N_ROWS for i in range(4)])
             np.testing.assert_allclose(keys.gather(rows), direct, atol=1e-6)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rissole import distributed
 from rissole.autoencoder.losses import adaptive_gan_weight, build_discriminator, grey_distance, hinge_d_loss, psnr
 from rissole.autoencoder.vqgan import VQGANConfig, VQModel
 from rissole.checkpoint import save_checkpoint
@@ -58,6 +59,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "val_every": 500,
     "val_images": 1000,
     "device": "auto",
+    "accumulate": 1,  # micro-batches per step; the VQ-GAN takes 1 (its adaptive GAN weight is per batch)
 }
 
 
@@ -75,7 +77,13 @@ class VQGANTrainer(RunTrainer):
         self.config["train"] = self.train_cfg
         self.run_dir = Path(run_dir)
         tc = self.train_cfg
-        self.device = pick_device(tc["device"])
+        if tc["accumulate"] != 1:
+            raise ConfigError(f"train.accumulate {tc['accumulate']}: the VQ-GAN trains on whole batches (its adaptive GAN "
+                              "weight, VQ-GAN paper Eq. 7, is a ratio of the batch's gradients); use more processes "
+                              "(torchrun) or a smaller train.batch_size instead.")
+        self.world = distributed.init(tc["device"])
+        distributed.check_parts(tc["batch_size"], self.world)
+        self.device = pick_device(distributed.rank_device(tc["device"]))
         self.amp = autocast_dtype(self.device)
         torch.manual_seed(tc["seed"])
         self.model_config = VQGANConfig.from_dict(config["model"])
@@ -154,7 +162,8 @@ class VQGANTrainer(RunTrainer):
         """One step on the batch of self.step (a function of seed and step only)."""
         tc = self.train_cfg
         idx = batch_indices(tc["seed"], self.step, tc["batch_size"], len(self.images))
-        return self.step_on(to_model_range(self.images[idx]).to(self.device))
+        part = idx[self.world.rank :: self.world.size]  # this rank's share (rissole.distributed)
+        return self.step_on(to_model_range(self.images[part]).to(self.device))
 
     def postfix(self, logs: dict[str, float]) -> dict[str, str]:
         return {"l1": f"{logs['rec_l1']:.4f}", "cb": f"{logs['codebook']:.4f}"}
@@ -162,7 +171,7 @@ class VQGANTrainer(RunTrainer):
     def after_step(self, seconds: float, write: Any) -> None:
         """Validation every val_every steps and at the last: live vs EMA PSNR into RUN/val.csv."""
         tc = self.train_cfg
-        if self.val_images is None or not (self.step % tc["val_every"] == 0 or self.step == tc["steps"]):
+        if self.val_images is None or not self.world.main or not (self.step % tc["val_every"] == 0 or self.step == tc["steps"]):
             return
         val = self.validate(self.val_images)
         append_csv(self.run_dir / "val.csv", {"step": self.step, "seconds": f"{seconds:.1f}", **val})
@@ -188,9 +197,12 @@ class VQGANTrainer(RunTrainer):
             if disc_on:
                 g_loss = -self.disc(xrec).mean()
                 d_weight = adaptive_gan_weight(nll, g_loss, self.model.last_layer()) * tc["disc_weight"]
+                if self.world.size > 1:  # one weight for the global batch: the ranks' mean
+                    d_weight = torch.full_like(d_weight, distributed.mean_over_ranks(d_weight))
                 loss = loss + d_weight * g_loss
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        distributed.all_reduce_gradients(self.model.parameters(), self.world.size)
         self.scaler.unscale_(self.opt)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
         self.scaler.step(self.opt)
@@ -200,22 +212,24 @@ class VQGANTrainer(RunTrainer):
                 d_loss = hinge_d_loss(self.disc(x), self.disc(xrec.detach()))
             self.opt_d.zero_grad(set_to_none=True)
             self.scaler.scale(d_loss).backward()
+            distributed.all_reduce_gradients(self.disc.parameters(), self.world.size)
             self.scaler.step(self.opt_d)
         self.scaler.update()
         if self.ema:
             self.ema.update(self.model)
-        self.code_usage += torch.bincount(idx.flatten().cpu(), minlength=self.model_config.n_embed)
+        self.code_usage += distributed.sum_over_ranks(torch.bincount(idx.flatten().cpu(), minlength=self.model_config.n_embed))
         self.step += 1
         restarted = 0
         every = tc["restart_dead_codes_every"]
         if every and self.step % every == 0 and self.step <= tc["restart_until"] * tc["steps"]:
-            restarted = self._restart_dead_codes(h)
+            restarted = self._restart_dead_codes(distributed.gather_parts(h.detach()))
+        mean = distributed.mean_over_ranks
         return {
-            "loss": float(loss.detach()),
-            "rec_l1": float(rec.detach()),
-            "codebook": float(qloss.detach()),
-            "g_loss": float(g_loss.detach()),
-            "d_loss": float(d_loss.detach()),
+            "loss": mean(loss.detach()),
+            "rec_l1": mean(rec.detach()),
+            "codebook": mean(qloss.detach()),
+            "g_loss": mean(g_loss.detach()),
+            "d_loss": mean(d_loss.detach()),
             "d_weight": float(d_weight),
             "restarted_codes": restarted,
             "lr": lr,

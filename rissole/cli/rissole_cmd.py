@@ -34,7 +34,7 @@ def add_train_options(t: argparse.ArgumentParser, examples: str, overrides: str)
 def _train(args: argparse.Namespace, only_kind: str | None = None) -> int:
     from rissole.config import apply_overrides, load_config, naming_file
     from rissole.errors import ConfigError
-    from rissole.fileio import output_lock
+    from rissole.distributed import launch_rank, run_lock
     from rissole.heads.registry import trainer as trainer_of
     from rissole.training import check_resume_config
 
@@ -45,10 +45,11 @@ def _train(args: argparse.Namespace, only_kind: str | None = None) -> int:
     train = trainer_of(kind, args.config)
     if args.resume:
         check_resume_config(args.out, cfg, args.allow_config_change)
-    with naming_file(args.config), output_lock(args.out):  # a second run into the same --out fails at once
+    with naming_file(args.config), run_lock(args.out):  # a second run into the same --out fails at once
         trainer = train(cfg, args.out, resume=args.resume, stop_after=args.stop_after)
     where = Path(args.out) / ("final" if trainer.step == trainer.tc["steps"] else "checkpoint")
-    print(f"step {trainer.step}/{trainer.tc['steps']}: wrote {where}")
+    if launch_rank() == 0:
+        print(f"step {trainer.step}/{trainer.tc['steps']}: wrote {where}")
     return 0
 
 

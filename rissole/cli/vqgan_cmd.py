@@ -49,16 +49,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from rissole.autoencoder.train import train_vqgan
     from rissole.config import apply_overrides, load_config, naming_file
-    from rissole.fileio import output_lock
+    from rissole.distributed import launch_rank, run_lock
     from rissole.training import check_resume_config
 
     cfg = apply_overrides(load_config(args.config), args.set)
     if args.resume:
         check_resume_config(args.out, cfg, args.allow_config_change)
-    with naming_file(args.config), output_lock(args.out):  # a second run into the same --out fails at once
+    with naming_file(args.config), run_lock(args.out):  # a second run into the same --out fails at once
         trainer = train_vqgan(cfg, args.out, resume=args.resume, stop_after=args.stop_after, data_dir=args.data_dir)
     where = Path(args.out) / ("final" if trainer.step == trainer.train_cfg["steps"] else "checkpoint")
-    print(f"step {trainer.step}/{trainer.train_cfg['steps']}: wrote {where}")
+    if launch_rank() == 0:
+        print(f"step {trainer.step}/{trainer.train_cfg['steps']}: wrote {where}")
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from rissole import distributed
 from rissole_runtime.diffusion.prediction import training_target
 from rissole_runtime.diffusion.schedule import NoiseSchedule
 
@@ -17,12 +18,13 @@ class ForwardNoising:
         self.sqrt_1m_ab = torch.as_tensor(s, dtype=torch.float32)
         self.T = schedule.num_timesteps
 
-    def __call__(self, x0: torch.Tensor, prediction: str, generator: torch.Generator
+    def __call__(self, x0: torch.Tensor, prediction: str, generator: torch.Generator, group: int = 1
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t on x0's device, target) for x0 (n, c, h, w); draws t then eps from `generator` (CPU)."""
+        """(x_t, t on x0's device, target) for x0 (n, c, h, w); draws t then eps from `generator` (CPU), for
+        this process's part of the global batch (rissole.distributed; rows of one sample stay together)."""
         dev, n = x0.device, x0.shape[0]
-        t = torch.randint(0, self.T, (n,), generator=generator)
-        eps = torch.randn(x0.shape, generator=generator).to(dev)
+        t = distributed.randint(self.T, n, generator, group)
+        eps = distributed.randn(tuple(x0.shape), generator, group).to(dev)
         a = self.sqrt_ab[t].to(dev).view(-1, 1, 1, 1)
         s = self.sqrt_1m_ab[t].to(dev).view(-1, 1, 1, 1)
         return a * x0 + s * eps, t.to(dev), training_target(prediction, x0, eps, a, s)

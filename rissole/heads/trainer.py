@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from rissole import distributed
 from rissole.checkpoint import Checkpoint
 from rissole.config import require, require_data
 from rissole.device import autocast, autocast_dtype, make_grad_scaler, pick_device
@@ -52,6 +53,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "ema_decay": 0.999,
     "cond_dropout": 0.1,  # share of samples trained with all-zero conditioning (what guidance contrasts with)
     "max_params": None,  # refuse a model whose used parameters exceed this
+    "accumulate": 1,  # micro-batches per step (rissole.distributed): batch_size is the global batch
     "ckpt_every": 1000,
     "device": "auto",
 }
@@ -73,7 +75,9 @@ class HeadTrainer(RunTrainer):
         self.tc = tc = with_defaults(config.get("train"), self.defaults, "train")
         config["train"] = tc
         self.run_dir = Path(run_dir)
-        self.device = pick_device(tc["device"])
+        self.world = distributed.init(tc["device"])
+        self.parts = distributed.check_parts(tc["batch_size"], self.world, tc["accumulate"])
+        self.device = pick_device(distributed.rank_device(tc["device"]))
         self.amp = autocast_dtype(self.device)  # None (fp32) on a CPU and on a GTX 1080 Ti
         self.scaler = make_grad_scaler(self.device, self.amp)
         torch.manual_seed(tc["seed"])
@@ -144,15 +148,25 @@ class HeadTrainer(RunTrainer):
         self.on_resume(ckpt)
 
     def train_step(self) -> dict[str, float]:
+        """One step on the global batch of self.step: this rank's parts of it (train.accumulate of them, each
+        with the generator at the step's start, so the draws are the global batch's), the gradients averaged
+        over every part of every rank (rissole.distributed)."""
         tc = self.tc
         self.model.train()
         lr = learning_rate(tc["lr"], self.step, tc["steps"], tc["warmup_steps"], tc["lr_schedule"])
         set_learning_rate([self.opt], lr)
         ids = batch_indices(tc["seed"], self.step, tc["batch_size"], self.num_rows())
-        with autocast(self.device, self.amp):
-            loss = self.loss(ids)
         self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        start, total = self.gen.get_state(), 0.0
+        for m in range(tc["accumulate"]):
+            p = m * self.world.size + self.world.rank
+            self.gen.set_state(start)
+            with distributed.batch_part(p, self.parts), autocast(self.device, self.amp):
+                loss = self.loss(ids[p :: self.parts])
+            self.scaler.scale(loss).backward()
+            total += float(loss.detach())
+        distributed.all_reduce_gradients(self.model.parameters(), self.parts)
+        loss = distributed.mean_over_ranks(total / tc["accumulate"])
         self.scaler.unscale_(self.opt)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
         self.scaler.step(self.opt)
@@ -160,7 +174,7 @@ class HeadTrainer(RunTrainer):
         if self.ema:
             self.ema.update(self.model)
         self.step += 1
-        return {"loss": float(loss.detach()), "lr": lr}
+        return {"loss": loss, "lr": lr}
 
 
 def train_head(
@@ -175,7 +189,7 @@ def train_head(
     if not resume:
         check_fresh_run(Path(run_dir))  # before the trainer opens any data
     trainer = trainer_cls(config, run_dir)
-    if progress:
+    if progress and trainer.world.main:
         print(f"parameters used by the forward pass:\n{format_counts(trainer.counts)}")
     trainer.fit(resume, stop_after, progress)
     return trainer

@@ -3,8 +3,8 @@
 Modes
     block0      the top-left block (the RISSOLE paper's default): d = c*h*w / b
     latent      the whole latent, its blocks concatenated (appendix variant): d = c*h*w
-    all_blocks  every block position of every image as its own row (b*N rows of d_block);
-                row r is block r // N of image r % N. Used to show how search grows with n.
+
+(benchmarks/retrieval.py adds a third, every block as its own row, to show how search grows with n.)
 
 Keys are read from the memmapped database on demand, chunk by chunk or by id; nothing here
 holds the key matrix in RAM unless a caller asks for it (`materialise`).
@@ -18,7 +18,7 @@ from einops import rearrange
 from rissole_runtime.retrieval.blocks import split_blocks
 from rissole.retrieval.database import BlockDatabase
 
-KEY_MODES = ("block0", "latent", "all_blocks")
+KEY_MODES = ("block0", "latent")
 
 
 def normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -34,8 +34,6 @@ def latent_keys(z: np.ndarray, grid: int, mode: str) -> np.ndarray:
         return normalise(blocks[:, 0].reshape(len(z), -1))
     if mode == "latent":
         return normalise(blocks.reshape(len(z), -1))
-    if mode == "all_blocks":
-        return normalise(rearrange(blocks, "n b c h w -> (b n) (c h w)"))
     raise ValueError(f"key mode must be one of {KEY_MODES}, found {mode!r}")
 
 
@@ -48,7 +46,7 @@ class KeySet:
         self.db = db
         self.mode = mode
         b, n, d = db.array.shape
-        self.n = n * b if mode == "all_blocks" else n
+        self.n = n
         self.dim = d * b if mode == "latent" else d
 
     def __len__(self) -> int:
@@ -59,8 +57,6 @@ class KeySet:
         a = self.db.array
         if self.mode == "block0":
             return np.asarray(a[0, start:stop], dtype=np.float32)
-        if self.mode == "all_blocks":
-            return np.asarray(a.reshape(-1, a.shape[2])[start:stop], dtype=np.float32)
         return np.ascontiguousarray(np.asarray(a[:, start:stop], dtype=np.float32).transpose(1, 0, 2)).reshape(
             stop - start, self.dim
         )
@@ -76,8 +72,6 @@ class KeySet:
         a = self.db.array
         if self.mode == "block0":
             out = np.take(a[0], flat, axis=0)
-        elif self.mode == "all_blocks":
-            out = np.take(a.reshape(-1, a.shape[2]), flat, axis=0)
         else:
             out = rearrange(np.take(a, flat, axis=1), "b n d -> n (b d)")
         return normalise(out).reshape(*ids.shape, self.dim)

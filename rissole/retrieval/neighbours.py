@@ -96,8 +96,6 @@ def make_tables(
     """
     import time
 
-    if keys.mode == "all_blocks":
-        raise ValueError("neighbour tables are per image: use key mode block0 or latent")
     t0 = time.perf_counter()
     searcher = make_searcher(backend, **params).build(keys)
     build_s = time.perf_counter() - t0

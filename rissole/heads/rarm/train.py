@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rissole import distributed
 from rissole_runtime.errors import DataError
 from rissole.heads.rarm.codes import code_indices, vqgan_codebook
 from rissole.heads.rdm.train import NeighbourHeadTrainer
@@ -56,7 +57,7 @@ class RARMTrainer(NeighbourHeadTrainer):
     def loss(self, ids: np.ndarray) -> torch.Tensor:
         codes = self.codes[torch.from_numpy(np.asarray(ids))].to(self.device)
         nb = self.batcher.neighbours(ids).to(self.device)
-        drop = (torch.rand(len(ids), generator=self.gen) < self.tc["cond_dropout"]).to(self.device)
+        drop = (distributed.rand(len(ids), self.gen) < self.tc["cond_dropout"]).to(self.device)
         logits = self.model(self.model.shift_right(codes), nb.masked_fill(drop.view(-1, 1, 1), 0.0))
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
 

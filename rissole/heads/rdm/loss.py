@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from rissole import distributed
 from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole.diffusion.training import ForwardNoising
 from rissole.models.rdm_unet import RDMUNet
@@ -19,6 +20,6 @@ class RDMLoss:
     def __call__(self, model: RDMUNet, x0: torch.Tensor, neighbours: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """x0 (B, c, h, w) scaled latents; neighbours (B, k, d) embeddings -> mean squared error."""
         xt, t, target = self.noising(x0, model.config.prediction, generator)
-        drop = (torch.rand(x0.shape[0], generator=generator) < self.cond_dropout).to(x0.device)
+        drop = (distributed.rand(x0.shape[0], generator) < self.cond_dropout).to(x0.device)
         pred = model(xt, t, neighbours.masked_fill(drop.view(-1, 1, 1), 0.0))
         return ((pred - target) ** 2).mean()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from rissole import distributed
 from rissole_runtime.diffusion.schedule import NoiseSchedule
 from rissole.diffusion.training import ForwardNoising
 from rissole.heads.rissole.batches import BlockBatch
@@ -23,13 +24,13 @@ class BlockDiffusionLoss:
 
     def dropped(self, images: int, generator: torch.Generator) -> torch.Tensor:
         """(images,) bool: which images train this step with all-zero neighbours."""
-        return torch.rand(images, generator=generator) < self.cond_dropout
+        return distributed.rand(images, generator) < self.cond_dropout
 
     def __call__(self, model: BlockDenoiser, batch: BlockBatch, generator: torch.Generator) -> torch.Tensor:
         dev = batch.x0.device
         b = batch.x0.shape[0] // batch.images
         cfg = model.config
-        xt, t, target = self.noising(batch.x0, cfg.prediction, generator)
+        xt, t, target = self.noising(batch.x0, cfg.prediction, generator, group=b)
         drop = self.dropped(batch.images, generator).repeat_interleave(b).to(dev)
         neighbours = batch.neighbours.masked_fill(drop.view(-1, 1, 1, 1, 1), 0.0) if batch.neighbours is not None else None
         pred = model(xt, t, neighbours, batch.positions.to(dev) if cfg.position else None,
