@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "rissole.cli.fit_cmd",
     "rissole.cli.data_cmd",
     "rissole.cli.joint_cmd",
+    "rissole.cli.budget_cmd",
 )
 
 

@@ -26,6 +26,9 @@ class Head:
     parameter_counts: str  # model -> used parameters per component (train.max_params)
     pipeline: str  # the rissole.heads.pipeline.Pipeline subclass
     export_source: str  # rissole_export: pipeline -> ExportSource (its bundle kind: rissole_runtime.bundle)
+    synthetic_loss: str  # (model, images, generator) -> the training loss on a random batch (rissole budget)
+    width_key: str  # the model-config key `rissole budget` scales (channels) ...
+    depth_key: str  # ... and the one it may vary where asked (blocks / layers)
 
     def load(self, part: str) -> Any:
         """The attribute named by field `part`, imported."""
@@ -39,13 +42,15 @@ class Head:
 HEADS: dict[str, Head] = {h.kind: h for h in (
     Head("rissole", "rissole.models.block_unet:BlockDenoiser", "rissole.models.block_unet:BlockDenoiserConfig",
          "rissole.heads.rissole.train:train_block_diffusion", "rissole.heads.rissole.train:parameter_counts", "rissole.heads.rissole.pipeline:RissolePipeline",
-         "rissole_export.sources:rissole_source"),
+         "rissole_export.sources:rissole_source", "rissole.heads.rissole.train:synthetic_loss", "model_channels",
+         "num_res_blocks"),
     Head("rdm", "rissole.models.rdm_unet:RDMUNet", "rissole.models.rdm_unet:RDMUNetConfig",
          "rissole.heads.rdm.train:train_rdm", "rissole.heads.rdm.train:parameter_counts", "rissole.heads.rdm.pipeline:RDMPipeline",
-         "rissole_export.sources:rdm_source"),
+         "rissole_export.sources:rdm_source", "rissole.heads.rdm.train:synthetic_loss", "model_channels",
+         "num_res_blocks"),
     Head("rarm", "rissole.models.rarm_transformer:RARMTransformer", "rissole.models.rarm_transformer:RARMConfig",
          "rissole.heads.rarm.train:train_rarm", "rissole.heads.rarm.train:parameter_counts", "rissole.heads.rarm.pipeline:RARMPipeline",
-         "rissole_export.sources:rarm_source"),
+         "rissole_export.sources:rarm_source", "rissole.heads.rarm.train:synthetic_loss", "width", "depth"),
 )}
 
 

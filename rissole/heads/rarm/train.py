@@ -36,6 +36,16 @@ def parameter_counts(model: RARMTransformer) -> dict[str, int]:
     return used_parameters(model, lambda: model(tokens, nb))
 
 
+def synthetic_loss(model: RARMTransformer, images: int, generator: torch.Generator) -> torch.Tensor:
+    """The training loss on random code sequences and neighbour embeddings, for `rissole budget`."""
+    cfg = model.config
+    dev = next(model.parameters()).device
+    codes = torch.randint(0, cfg.vocab_size, (images, cfg.seq_len), generator=generator).to(dev)
+    nb = torch.randn((images, cfg.k, cfg.context_tokens * cfg.context_token_dim), generator=generator).to(dev)
+    logits = model(model.shift_right(codes), nb)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
+
+
 class RARMTrainer(NeighbourHeadTrainer):
     kind = KIND
     defaults = COMMON_DEFAULTS

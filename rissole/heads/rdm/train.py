@@ -37,6 +37,15 @@ def parameter_counts(model: RDMUNet) -> dict[str, int]:
     return used_parameters(model, lambda: model(x, torch.zeros(2, dtype=torch.long, device=dev), nb))
 
 
+def synthetic_loss(model: RDMUNet, images: int, generator: torch.Generator) -> torch.Tensor:
+    """The training loss on a random batch (latents and k neighbour embeddings), for `rissole budget`."""
+    cfg = model.config
+    dev = next(model.parameters()).device
+    x0 = torch.randn((images, cfg.latent_channels, cfg.latent_size, cfg.latent_size), generator=generator).to(dev)
+    nb = torch.randn((images, cfg.k, cfg.context_tokens * cfg.context_token_dim), generator=generator).to(dev)
+    return RDMLoss(NoiseSchedule(), 0.1)(model, x0, nb, generator)
+
+
 class NeighbourHeadTrainer(HeadTrainer):
     """What RDM and RARM training share: training rows and their neighbours' embeddings from an
     embedding database and its table (data.db, data.table)."""

@@ -46,6 +46,20 @@ def parameter_counts(model: BlockDenoiser) -> dict[str, int]:
     return used_parameters(model, lambda: model(*args))
 
 
+def synthetic_loss(model: BlockDenoiser, images: int, generator: torch.Generator) -> torch.Tensor:
+    """The training loss on a random batch of `images` images (all b blocks, k neighbours each): what a real
+    step computes, for `rissole budget`'s activation memory."""
+    from rissole.heads.rissole.batches import BlockBatch
+
+    cfg = model.config
+    dev = next(model.parameters()).device
+    c, s, b, n = cfg.latent_channels, cfg.block_size, cfg.num_blocks, images * cfg.num_blocks
+    x0 = torch.randn((n, c, s, s), generator=generator).to(dev)
+    nb = torch.randn((n, cfg.k, c, s, s), generator=generator).to(dev) if cfg.retrieval else None
+    batch = BlockBatch(x0, nb, torch.arange(b).repeat(images), torch.zeros_like(x0), images)
+    return BlockDiffusionLoss(NoiseSchedule(), 0.1)(model, batch, generator)
+
+
 class BlockDiffusionTrainer(HeadTrainer):
     """The RISSOLE head on the shared trainer: block batches from the database and its neighbour table."""
 
