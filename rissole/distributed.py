@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
@@ -188,6 +188,75 @@ def gather_parts(local: torch.Tensor) -> torch.Tensor:
     for r, part in enumerate(parts):
         out[r :: w.size] = part
     return out
+
+
+def shard_rows(n: int, align: int = 1) -> slice:
+    """This rank's contiguous, disjoint share of n rows (sharded preprocessing: encode, embed), cut at
+    multiples of `align` (the batch size), so every batch is the one a single process would run and the
+    file comes out byte for byte the same."""
+    w = world()
+    per = -(-(-(-n // align)) // w.size) * align  # whole batches per rank
+    return slice(min(n, w.rank * per), min(n, (w.rank + 1) * per))
+
+
+def share_path(path: str | os.PathLike | None) -> str:
+    """Rank 0's temporary output file, on every rank: rank 0 passes the file it created inside its atomic
+    write (None when it failed before that), the others pass None and receive it."""
+    got = broadcast_object(None if path is None else str(path))
+    if got is None:
+        from rissole_runtime.errors import RissoleError
+
+        raise RissoleError("rank 0 could not start the output (its error is above); nothing was written.")
+    return str(got)
+
+
+@contextlib.contextmanager
+def sharded_output(create: "contextlib.AbstractContextManager[Any]") -> Iterator[tuple[Any, str | None]]:
+    """Rank 0 enters `create` (its locked atomic write, which yields (memmap, temporary path)); every rank
+    gets (the memmap to fill, or None) and the shared path. On exit every rank has written its rows, then
+    rank 0 leaves `create` (the rename) and every rank waits until it has."""
+    w = world()
+    if w.size == 1:
+        with create as (arr, tmp):
+            yield arr, str(tmp)
+        return
+    if not w.main:
+        yield None, share_path(None)
+        barrier()  # the rows are written
+        barrier()  # rank 0 has renamed the file into place
+        return
+    shared = False
+    try:
+        with create as (arr, tmp):
+            share_path(tmp)
+            shared = True
+            yield arr, str(tmp)
+            barrier()
+    except BaseException:
+        if not shared:
+            broadcast_object(None)
+        raise
+    barrier()
+
+
+class TableSharding:
+    """rissole.retrieval.neighbours.Sharding under torchrun: query rows split by rank (whole search batches),
+    the parts gathered on rank 0."""
+
+    def __init__(self) -> None:
+        self.main = world().main
+
+    def rows(self, n: int, align: int) -> slice:
+        return shard_rows(n, align)
+
+    def gather(self, ids: Any, scores: Any, n: int) -> Any:
+        import numpy as np
+
+        parts: list[Any] = [None] * world().size
+        torch.distributed.all_gather_object(parts, (ids, scores))
+        if not self.main:
+            return None
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def barrier() -> None:

@@ -10,15 +10,17 @@ that made them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from rissole import distributed
 from rissole.data.transforms import to_model_range
 from rissole_runtime.errors import DataError
 from rissole_runtime.fileio import LATENTS, atomic_path, check_replace, check_sidecars, create_memmap, output_lock, write_json_atomic
@@ -81,19 +83,28 @@ def encode_images(
     n = images.shape[0]
     probe = model.encode(to_model_range(images[:1]).to(device))
     shape = (n, *probe.shape[1:])
-    with output_lock(out_path):
-        check_replace(out_path, LATENTS, force)
-        check_sidecars(out_path, LATENTS, [manifest_path(out_path), out_path.with_name(out_path.stem + ".labels.npy")])
-        with atomic_path(out_path, suffix=".npy") as tmp:
-            arr = create_memmap(tmp, np.float32, shape, "the latents", out_path)
-            for start in tqdm(range(0, n, batch_size), desc="encode", unit="batch", disable=not progress):
-                x = to_model_range(images[start : start + batch_size]).to(device)
-                z = model.encode(x).float().cpu().numpy()
-                check_finite(z, f"the VQ-GAN's latents of images {start}..{start + len(z) - 1}")
-                arr[start : start + x.shape[0]] = z
-            arr.flush()
-            del arr
-        return _write_manifest(out_path, shape, n, checkpoint, checkpoint_hash, source, labels)
+    rows = distributed.shard_rows(n, batch_size)  # under torchrun each rank encodes its own rows of the one file
+
+    @contextlib.contextmanager
+    def create() -> Iterator[tuple[np.memmap, Path]]:
+        with output_lock(out_path):
+            check_replace(out_path, LATENTS, force)
+            check_sidecars(out_path, LATENTS, [manifest_path(out_path), out_path.with_name(out_path.stem + ".labels.npy")])
+            with atomic_path(out_path, suffix=".npy") as tmp:
+                yield create_memmap(tmp, np.float32, shape, "the latents", out_path), tmp
+            _write_manifest(out_path, shape, n, checkpoint, checkpoint_hash, source, labels)
+
+    with distributed.sharded_output(create()) as (arr, tmp):
+        arr = np.load(tmp, mmap_mode="r+") if arr is None else arr
+        for start in tqdm(range(rows.start, rows.stop, batch_size), desc="encode", unit="batch",
+                          disable=not (progress and distributed.world().main)):
+            x = to_model_range(images[start : min(start + batch_size, rows.stop)]).to(device)
+            z = model.encode(x).float().cpu().numpy()
+            check_finite(z, f"the VQ-GAN's latents of images {start}..{start + len(z) - 1}")
+            arr[start : start + x.shape[0]] = z
+        arr.flush()
+        del arr
+    return open_latents(out_path)
 
 
 def _write_manifest(out_path: Path, shape: tuple[int, ...], n: int, checkpoint: str, checkpoint_hash: str,
@@ -127,7 +138,7 @@ def encode_source(ckpt: str | os.PathLike, source: str, out: str | os.PathLike, 
     from rissole.data import load_source
     from rissole.device import pick_device
 
-    dev = pick_device(device)
+    dev = pick_device(distributed.rank_device(device))
     model = load_vqgan(ckpt, dev)
     dd = model.config.ddconfig
     data = load_source(source, data_dir=data_dir, size=dd["resolution"], channels=dd["in_channels"], limit=limit)

@@ -142,3 +142,27 @@ def test_torchrun_drives_rissole_train(nd: dict[str, Any], tmp_path: Path) -> No
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 3
     assert r.stderr.count("parameters used by the forward pass") + r.stdout.count("parameters used by the forward pass") <= 1
+
+
+def test_sharded_encode_embed_and_tables_equal_one_process_byte_for_byte(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def rissole(*argv: str, ranks: int = 1) -> None:
+        launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_port",
+                  str(free_port()), "-m", "rissole"] if ranks > 1 else [sys.executable, "-m", "rissole"]
+        r = subprocess.run([*launch, *argv], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    for ranks, d in ((1, tmp_path / "one"), (2, tmp_path / "two")):
+        rissole("encode", "--source", "fmnist:train", "--limit", "700", "--batch-size", "128", "--out", str(d / "lat.npy"),
+                ranks=ranks)
+        rissole("embed", str(d / "lat.npy"), "--embedder", "vq", "--rows", "0:650", "--out", str(d / "emb.npy"), ranks=ranks)
+        rissole("db", "build", str(d / "lat.npy"), "--out", str(d / "db"), "--grid", "2")
+        rissole("db", "neighbours", str(d / "db"), "--backend", "exact", "-k", "5", "--batch", "256", ranks=ranks)
+    for name in ("lat.npy", "emb.npy", "emb.rows.npy", "db/neighbours/train.ids.npy", "db/neighbours/database.scores.npy"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    import json
+
+    one, two = (json.loads((tmp_path / d / "lat.json").read_text()) for d in ("one", "two"))
+    assert one == two
+    assert not [p.name for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]  # no temporaries left

@@ -83,17 +83,22 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _neighbours(args: argparse.Namespace) -> int:
+    from rissole import distributed
     from rissole.retrieval import open_database
     from rissole.retrieval.keys import KeySet
     from rissole.retrieval.neighbours import make_tables
 
+    w = distributed.init("cpu")  # under torchrun: each rank searches its share of the query rows
     db = open_database(args.db)
     params = {**parse_params(args.param), "threads": args.threads}
     if args.rerank:
         params["rerank"] = True
     report = make_tables(
-        db, KeySet(db, args.keys), args.backend, params, k=args.k, queries_path=args.queries, batch=args.batch
+        db, KeySet(db, args.keys), args.backend, params, k=args.k, queries_path=args.queries, batch=args.batch,
+        sharding=distributed.TableSharding() if w.size > 1 else None,
     )
+    if not w.main:
+        return 0
     for line in report:
         print(line)
     return 0

@@ -89,6 +89,7 @@ def _embed_text(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     import time
 
+    from rissole import distributed
     from rissole.embeddings import build_embedding_database, make_embedder, write_embeddings
     from rissole_runtime.errors import DataError
     from rissole.latents import open_latents
@@ -99,6 +100,7 @@ def _embed(args: argparse.Namespace) -> int:
         return _embed_text(args)
     if args.latents is None:
         raise ConfigError("expected a latents .npy (from `rissole encode`) or --text TEXT...")
+    w = distributed.init(args.device)  # under torchrun: each rank embeds its share of the rows into the one file
     lat = open_latents(args.latents)
     rows = parse_rows(args.rows, len(lat.array))
     if args.label is not None:
@@ -107,10 +109,12 @@ def _embed(args: argparse.Namespace) -> int:
             raise DataError(f"{args.latents}: no labels beside these latents; --label needs them.")
         rows = rows[np.asarray(labels)[rows] == args.label]
     params = {"size": args.size} if args.embedder == "inception" else {}
-    embedder = make_embedder(args.embedder, tuple(lat.array.shape[1:]), device=args.device, **params)
+    embedder = make_embedder(args.embedder, tuple(lat.array.shape[1:]), device=distributed.rank_device(args.device), **params)
     t0 = time.perf_counter()
     emb = write_embeddings(embedder, args.latents, args.out, rows, force=args.force)
     dt = time.perf_counter() - t0
+    if not w.main:
+        return 0  # rank 0 reports and builds the database
     print(f"wrote {args.out}: {len(rows)} x {emb.spec.describe()} in {dt:.1f} s ({dt / len(rows) * 1e3:.2f} ms/row)")
     if args.db:
         edb = build_embedding_database(args.out, args.db, overwrite=args.force)

@@ -39,9 +39,11 @@ def trained_source(ckpt: str) -> str:
 def _encode(args: argparse.Namespace) -> int:
     import time
 
+    from rissole import distributed
     from rissole.latents import encode_source
     from rissole_runtime.fileio import LATENTS, check_replace
 
+    distributed.init(args.device)  # under torchrun: each rank encodes its share of the rows into the one file
     check_replace(args.out, LATENTS, args.force)  # before the encoder runs; checked again under the output lock
     if args.source is None:
         args.source = trained_source(args.ckpt)
@@ -49,5 +51,7 @@ def _encode(args: argparse.Namespace) -> int:
     lat = encode_source(args.ckpt, args.source, args.out, data_dir=args.data_dir, limit=args.limit,
                         batch_size=args.batch_size, device=args.device, force=args.force)
     dt = time.perf_counter() - t0
-    print(f"wrote {lat.path} {tuple(lat.array.shape)} float32 ({len(lat.array) / dt:.0f} images/s) and {lat.path.with_suffix('.json')}")
+    if distributed.world().main:
+        print(f"wrote {lat.path} {tuple(lat.array.shape)} float32 ({len(lat.array) / dt:.0f} images/s) and "
+              f"{lat.path.with_suffix('.json')}")
     return 0

@@ -13,16 +13,18 @@ searchers, neighbour tables and p_D of the retrieval core serve embedding databa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
+from rissole import distributed
 from rissole.embeddings.base import Embedder, EmbeddingSpec
 from rissole_runtime.errors import DataError
 from rissole_runtime.fileio import LATENTS, atomic_path, check_replace, check_sidecars, create_memmap, output_lock, write_json_atomic
@@ -49,7 +51,7 @@ class EmbeddingFile:
 
 
 def write_embeddings(embedder: Embedder, latents_path: str | os.PathLike, out: str | os.PathLike,
-                     rows: np.ndarray | None = None, chunk: int = 4096, progress: bool = True,
+                     rows: np.ndarray | None = None, chunk: int = 512, progress: bool = True,
                      force: bool = False) -> EmbeddingFile:
     """Embed rows of a latents file (all by default) into `out` atomically (replacing only an embeddings or
     latents file there, and only with `force`).
@@ -66,21 +68,30 @@ def write_embeddings(embedder: Embedder, latents_path: str | os.PathLike, out: s
     out = Path(out)
     images = None
     sidecars = [out.with_suffix(".json"), out.with_name(out.stem + ".rows.npy"), out.with_name(out.stem + ".labels.npy")]
-    with output_lock(out):
-        check_replace(out, LATENTS, force)
-        check_sidecars(out, LATENTS, sidecars)
-        if embedder.embed_latents(np.asarray(lat.array[:1])) is None:
-            images = _source_images(lat)
-        with atomic_path(out, suffix=".npy") as tmp:
-            arr = create_memmap(tmp, np.float32, (len(rows), spec.dim, 1, 1), "the embeddings", out)
-            for s in tqdm(range(0, len(rows), chunk), desc=f"embed {spec.embedder}", unit="chunk", disable=not progress):
-                ids = rows[s : s + chunk]
-                v = embedder.embed_latents(np.asarray(lat.array[ids])) if images is None else embedder.embed_images(images[ids])
-                check_finite(v, f"{spec.embedder} embeddings of {latents_path} rows {ids[0]}..{ids[-1]}")
-                arr[s : s + len(ids)] = v.reshape(len(ids), spec.dim, 1, 1)
-            arr.flush()
-            del arr
-        return _write_sidecars(embedder, lat, latents_path, out, rows)
+    if embedder.embed_latents(np.asarray(lat.array[:1])) is None:
+        images = _source_images(lat)
+    share = distributed.shard_rows(len(rows), chunk)  # under torchrun each rank embeds its own rows of the one file
+
+    @contextlib.contextmanager
+    def create() -> Iterator[tuple[np.memmap, Path]]:
+        with output_lock(out):
+            check_replace(out, LATENTS, force)
+            check_sidecars(out, LATENTS, sidecars)
+            with atomic_path(out, suffix=".npy") as tmp:
+                yield create_memmap(tmp, np.float32, (len(rows), spec.dim, 1, 1), "the embeddings", out), tmp
+            _write_sidecars(embedder, lat, latents_path, out, rows)
+
+    with distributed.sharded_output(create()) as (arr, tmp):
+        arr = np.load(tmp, mmap_mode="r+") if arr is None else arr
+        for s in tqdm(range(share.start, share.stop, chunk), desc=f"embed {spec.embedder}", unit="chunk",
+                      disable=not (progress and distributed.world().main)):
+            ids = rows[s : min(s + chunk, share.stop)]
+            v = embedder.embed_latents(np.asarray(lat.array[ids])) if images is None else embedder.embed_images(images[ids])
+            check_finite(v, f"{spec.embedder} embeddings of {latents_path} rows {ids[0]}..{ids[-1]}")
+            arr[s : s + len(ids)] = v.reshape(len(ids), spec.dim, 1, 1)
+        arr.flush()
+        del arr
+    return open_embeddings(out)
 
 
 def _write_sidecars(embedder: Embedder, lat: Latents, latents_path: Path, out: Path, rows: np.ndarray) -> EmbeddingFile:

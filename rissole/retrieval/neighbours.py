@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -41,6 +41,18 @@ def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int)
     return ids[keep].reshape(len(ids), -1)[:, :k], scores[keep].reshape(len(ids), -1)[:, :k]
 
 
+class Sharding(Protocol):
+    """How query rows split over processes (rissole.distributed.TableSharding under torchrun): this process
+    searches `rows(n)`, `gather` joins every process's part into the whole table (on the main process;
+    None elsewhere), and only the main process writes."""
+
+    main: bool
+
+    def rows(self, n: int, align: int) -> slice: ...
+
+    def gather(self, ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray] | None: ...
+
+
 def compute_table(
     searcher: Searcher,
     query_rows: Callable[[int, int], np.ndarray],
@@ -50,18 +62,21 @@ def compute_table(
     batch: int = 2048,
     progress: bool = True,
     desc: str = "neighbours",
-) -> tuple[np.ndarray, np.ndarray]:
-    """ids int32 (n, k) and scores float32 (n, k) for query rows [0, n), searched batch by batch."""
-    ids_out = np.empty((n_queries, k), dtype=np.int32)
-    scores_out = np.empty((n_queries, k), dtype=np.float32)
-    for s in tqdm(range(0, n_queries, batch), desc=desc, unit="batch", disable=not progress):
-        e = min(s + batch, n_queries)
+    sharding: Sharding | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """ids int32 (n, k) and scores float32 (n, k) for query rows [0, n), searched batch by batch (with
+    `sharding`, this process's rows only, joined on the main process; None on the others)."""
+    part = sharding.rows(n_queries, batch) if sharding else slice(0, n_queries)
+    ids_out = np.empty((part.stop - part.start, k), dtype=np.int32)
+    scores_out = np.empty((part.stop - part.start, k), dtype=np.float32)
+    for s in tqdm(range(part.start, part.stop, batch), desc=desc, unit="batch", disable=not progress):
+        e = min(s + batch, part.stop)
         q = query_rows(s, e)
         ids, scores = searcher.search(q, k + 1 if exclude_self else k)
         if exclude_self:
             ids, scores = drop_self(ids, scores, np.arange(s, e), k)
-        ids_out[s:e], scores_out[s:e] = ids, scores
-    return ids_out, scores_out
+        ids_out[s - part.start : e - part.start], scores_out[s - part.start : e - part.start] = ids, scores
+    return sharding.gather(ids_out, scores_out, n_queries) if sharding else (ids_out, scores_out)
 
 
 def save_table(db: BlockDatabase, name: str, ids: np.ndarray, scores: np.ndarray, meta: dict[str, Any]) -> None:
@@ -88,24 +103,34 @@ def make_tables(
     queries_path: str | os.PathLike | None = None,
     batch: int = 2048,
     progress: bool = True,
+    sharding: Sharding | None = None,
 ) -> list[str]:
     """Build and save an index, then the `train` and `database` tables; returns report lines.
 
     With the database as its own training set one search of k+1 serves both tables: the
-    `database` table keeps the first k results, the `train` table drops the row itself.
+    `database` table keeps the first k results, the `train` table drops the row itself. With
+    `sharding` (torchrun) every process builds the index and searches its share of the query rows;
+    the main process alone saves the index and the joined tables.
     """
     import time
 
+    main = sharding is None or sharding.main
+    progress = progress and main
     t0 = time.perf_counter()
     searcher = make_searcher(backend, **params).build(keys)
     build_s = time.perf_counter() - t0
     index_dir = db.path / "indexes" / f"{backend}-{keys.mode}{'-rerank' if searcher.rerank else ''}"
-    searcher.save(index_dir)
+    if main:
+        searcher.save(index_dir)
     meta = {"backend": backend, "params": searcher.params, "key_mode": keys.mode, "k": k, "index": str(index_dir.name)}
-    lines = [f"index {index_dir} built in {build_s:.1f} s ({searcher.index_bytes(index_dir) / 2**20:.1f} MiB)"]
+    lines = [f"index {index_dir} built in {build_s:.1f} s" +
+             (f" ({searcher.index_bytes(index_dir) / 2**20:.1f} MiB)" if main else "")]
     t0 = time.perf_counter()
     if queries_path is None:
-        raw_ids, raw_scores = compute_table(searcher, keys.rows, keys.n, k + 1, False, batch, progress, "neighbours")
+        table = compute_table(searcher, keys.rows, keys.n, k + 1, False, batch, progress, "neighbours", sharding)
+        if table is None:
+            return lines
+        raw_ids, raw_scores = table
         ids, scores = drop_self(raw_ids, raw_scores, np.arange(keys.n), k)
         save_table(db, "train", ids, scores, {**meta, "exclude_self": True, "queries": "database"})
         save_table(db, "database", raw_ids[:, :k], raw_scores[:, :k], {**meta, "exclude_self": False, "queries": "database"})
@@ -115,9 +140,11 @@ def make_tables(
         lat = open_latents(queries_path)
         db.check_vqgan(lat.checkpoint_hash, f"the query latents {queries_path}")
         rows = lambda s, e: latent_keys(lat.array[s:e], db.grid, keys.mode)  # noqa: E731
-        ids, scores = compute_table(searcher, rows, len(lat.array), k, False, batch, progress, "train neighbours")
-        save_table(db, "train", ids, scores, {**meta, "exclude_self": False, "queries": str(Path(queries_path).resolve())})
-        ids, scores = compute_table(searcher, keys.rows, keys.n, k, False, batch, progress, "database neighbours")
-        save_table(db, "database", ids, scores, {**meta, "exclude_self": False, "queries": "database"})
+        train = compute_table(searcher, rows, len(lat.array), k, False, batch, progress, "train neighbours", sharding)
+        table = compute_table(searcher, keys.rows, keys.n, k, False, batch, progress, "database neighbours", sharding)
+        if train is None or table is None:
+            return lines
+        save_table(db, "train", *train, {**meta, "exclude_self": False, "queries": str(Path(queries_path).resolve())})
+        save_table(db, "database", *table, {**meta, "exclude_self": False, "queries": "database"})
     lines.append(f"tables train and database (k = {k}) written to {db.path / TABLE_DIR} in {time.perf_counter() - t0:.1f} s")
     return lines
