@@ -1,0 +1,185 @@
+"""FID vs parameters per head: RISSOLE, the LDM baseline (g = 1, no retrieval) and RDM at four budgets
+spanning 8x (the RDM paper's Fig. 1 and the RISSOLE paper's compactness claim in one picture).
+
+Every row is fitted to its budget by `rissole budget` (rissole.budget.fit_budget: the widest
+model_channels within the budget of used parameters) and trained with the paper table's protocol
+(benchmarks.paper_table.TRAIN: same steps, batch and learning rate, Fashion-MNIST 32 x 32, the
+shipped VQ-GAN), then scored like the table's rows: N = 2,000 DDIM-50 samples per seed against the
+first 2,000 test images, FID and KID, two seeds. Resumable stages, one thread per process:
+
+    python -m benchmarks.param_budget train --rows rissole-0.25M ldm-0.25M ...   # runs/param_budget/<row>/
+    python -m benchmarks.param_budget eval  --rows ...
+    python -m benchmarks.param_budget report     # benchmarks/results/param_budget.{json,md,png}
+
+Run rows two at a time (two queues, one per core): a row trains in roughly 20-40 minutes on one thread
+here and its two FID seeds take about 15 minutes, so the 12 rows take a few sessions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import paper_table
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "param_budget"
+RESULTS = ROOT / "benchmarks" / "results" / "param_budget.json"
+BUDGETS = {"0.25M": 250_000, "0.5M": 500_000, "1M": 1_000_000, "2M": 2_000_000}
+HEADS = {  # head: (label, base config, overrides)
+    "rissole": ("RISSOLE (g = 2, k = 10)", paper_table.BASE_CONFIG, []),
+    "ldm": ("LDM (g = 1, no retrieval)", paper_table.BASE_CONFIG, ["model.grid=1", "model.retrieval=false"]),
+    "rdm": ("RDM (k = 4, VQ-latent neighbours)", paper_table.RDM_CONFIG, []),
+}
+ROWS = [f"{h}-{b}" for h in HEADS for b in BUDGETS]
+SEEDS = (0, 1)
+
+
+def parts(row: str) -> tuple[str, str]:
+    head, _, budget = row.rpartition("-")
+    if head not in HEADS or budget not in BUDGETS:
+        raise SystemExit(f"unknown row {row!r}; rows are {', '.join(ROWS)}")
+    return head, budget
+
+
+def resolved(row: str) -> Path:
+    """The row's fitted config (written once: rissole.budget.fit_budget + train.max_params)."""
+    from rissole.budget import fit_budget, resolved_config
+    from rissole.config import apply_overrides, load_config
+    from rissole_runtime.fileio import write_text_atomic
+
+    head, budget = parts(row)
+    path = RUNS / row / "config.yaml"
+    if not path.is_file():
+        import yaml
+
+        _, base, overrides = HEADS[head]
+        cfg = apply_overrides(load_config(base), [*paper_table.TRAIN, *overrides])
+        fit = fit_budget(cfg, BUDGETS[budget])
+        write_text_atomic(path, yaml.safe_dump(resolved_config(cfg, fit, BUDGETS[budget]), sort_keys=False))
+    return path
+
+
+def train(rows: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for row in rows:
+        out = RUNS / row / "run"
+        if (out / "final" / "config.yaml").is_file():
+            continue
+        argv = [sys.executable, "-m", "rissole", "train", "--config", str(resolved(row)), "--out", str(out)]
+        if (out / "checkpoint").is_dir():
+            argv.append("--resume")
+        print(f"{row}: {' '.join(argv[1:])}", flush=True)
+        t0 = time.time()
+        with open(RUNS / row / "train.log", "a") as log:
+            code = subprocess.call(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wall = paper_table.read_json(RUNS / row / "wall.json", {"seconds": 0.0, "invocations": 0})
+        paper_table.write_json_atomic(RUNS / row / "wall.json", {"seconds": wall["seconds"] + time.time() - t0,
+                                                                 "invocations": wall["invocations"] + 1})
+        if code != 0:
+            raise SystemExit(f"{row}: training failed (exit {code}); see {RUNS / row / 'train.log'}")
+
+
+def evaluate(rows: list[str], n: int) -> None:
+    import numpy as np
+    import torch
+
+    from rissole.heads.pipeline import SamplingOptions
+    from rissole.heads.registry import load_pipeline
+    from rissole.metrics import evaluate as fid
+    from rissole.paths import ensure_database_for
+
+    torch.set_num_threads(1)
+    for row in rows:
+        ckpt = RUNS / row / "run" / "final"
+        if not (ckpt / "config.yaml").is_file():
+            print(f"{row}: not trained yet, skipped")
+            continue
+        if parts(row)[0] == "rdm":
+            ensure_database_for(paper_table.ROOT / "checkpoints" / "rdm-fmnist-vq")  # the RDM database
+        pipe = load_pipeline(ckpt, device="cpu")
+        for seed in SEEDS:
+            path = RUNS / row / f"eval_n{n}_seed{seed}.json"
+            if path.is_file():
+                continue
+            images, seconds = paper_table.sample(pipe, n, seed, SamplingOptions(steps=50), batch=250)
+            m = fid(images, ref="fmnist:test", n=n, with_kid=True, progress=False)
+            res = {"row": row, "seed": seed, "n": n, "fid": m["fid"], "kid_mean": m["kid_mean"], "kid_std": m["kid_std"],
+                   "sampling_s": seconds}
+            paper_table.write_json_atomic(path, res)
+            np.save(RUNS / row / f"samples_n{n}_seed{seed}.npy", images)
+            print(f"{row} seed {seed}: FID {res['fid']:.2f}", flush=True)
+
+
+def report(n: int) -> dict[str, Any]:
+    import numpy as np
+
+    from benchmarks._machine import machine_info
+    from benchmarks._plot import Panel, save_panels
+    from rissole.budget import count
+    from rissole.config import load_config
+    from rissole_runtime.fileio import write_text_atomic
+
+    rows, series = [], {}
+    for row in ROWS:
+        head, budget = parts(row)
+        cfg_path = RUNS / row / "config.yaml"
+        evals = [paper_table.read_json(RUNS / row / f"eval_n{n}_seed{s}.json") for s in SEEDS]
+        evals = [e for e in evals if e]
+        entry: dict[str, Any] = {"row": row, "head": head, "label": HEADS[head][0], "budget": BUDGETS[budget]}
+        if cfg_path.is_file():
+            entry["parameters"] = count(load_config(cfg_path))["total"]
+        if evals:
+            f = np.array([e["fid"] for e in evals])
+            entry.update(fid_mean=float(f.mean()), fid_seeds=[float(x) for x in f],
+                         kid_mean=float(np.mean([e["kid_mean"] for e in evals])), seeds=len(evals))
+            series.setdefault(HEADS[head][0], []).append((entry["parameters"], -entry["fid_mean"]))
+        wall = paper_table.read_json(RUNS / row / "wall.json")
+        if wall:
+            entry["train_wall_s"] = wall["seconds"]
+        rows.append(entry)
+    res = {"benchmark": "param_budget", "machine": machine_info(), "n": n, "rows": rows,
+           "protocol": {"train": paper_table.TRAIN, "sampler": "ddim 50", "reference": f"first {n} fmnist:test"},
+           "command": "python -m benchmarks.param_budget train/eval/report"}
+    md = ["| head | budget | used parameters | FID (N = 2,000, mean of seeds) | seeds | KID x1e3 | train wall |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        md.append(f"| {r['label']} | {r['budget']:,} | {r.get('parameters', '-'):,} | "
+                  f"{r['fid_mean']:.2f} | {r['seeds']} | {r['kid_mean'] * 1e3:.2f} | {r.get('train_wall_s', 0) / 60:.0f} min |"
+                  if "fid_mean" in r else f"| {r['label']} | {r['budget']:,} | {r.get('parameters', '-')} | not run | 0 | - | - |")
+    if series:
+        save_panels([Panel("-FID (N = 2,000) vs used parameters", "parameters (log)", "-FID",
+                           {k: sorted(v) for k, v in series.items()}, xlog=True)], RESULTS.with_suffix(".png"))
+    paper_table.write_json_atomic(RESULTS, res)
+    write_text_atomic(RESULTS.with_suffix(".md"), "\n".join(md) + "\n")
+    print("\n".join(md))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=("train", "eval", "report", "configs"))
+    ap.add_argument("--rows", nargs="*", default=ROWS, help=f"rows (default all): {' '.join(ROWS)}")
+    ap.add_argument("-n", type=int, default=2000, help="FID samples per seed")
+    args = ap.parse_args()
+    if args.stage == "configs":  # fit every row's config and print its parameters (seconds)
+        from rissole.budget import count
+        from rissole.config import load_config
+
+        for row in args.rows:
+            print(f"{row}: {count(load_config(resolved(row)))['total']:,} used parameters")
+    elif args.stage == "train":
+        train(args.rows)
+    elif args.stage == "eval":
+        evaluate(args.rows, args.n)
+    else:
+        report(args.n)
+
+
+if __name__ == "__main__":
+    main()
