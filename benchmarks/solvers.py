@@ -186,7 +186,11 @@ def report() -> None:
     from benchmarks._machine import machine_info
     from benchmarks._plot import Panel, save_panels
 
-    points = [json.loads(p.read_text()) for p in sorted(RUNS.glob("fid_*.json"))]
+    key = lambda p: (p["model"], p["sampler"], p["calls"], p["spacing"], p["n"], p["seed"])  # noqa: E731
+    old = json.loads((RESULTS / "solvers.json").read_text()).get("points", []) if (RESULTS / "solvers.json").is_file() else []
+    merged = {key(p): p for p in old}  # points measured in earlier sessions (their runs/ is gone with the machine)
+    merged.update({key(p): p for p in (json.loads(f.read_text()) for f in sorted(RUNS.glob("fid_*.json")))})
+    points = [merged[k] for k in sorted(merged)]
     for p in points:
         p.pop("machine", None)
     res: dict[str, Any] = {"benchmark": "solvers_fid", "machine": machine_info(), "points": points,

@@ -85,7 +85,7 @@ def ensure_shipped_rdm_database() -> Path:
     return SHIPPED_RDM_DB
 
 
-def mix_rows(n_fmnist: int = 60000) -> dict[str, np.ndarray]:
+def mix_rows(stickers: str | os.PathLike = STICKERS, n_fmnist: int = 60000) -> dict[str, np.ndarray]:
     """Row ids of the mixed latents (MIX_SOURCE: the sticker training images, then Fashion-MNIST's 60k) for
     the text-guided RDM: `train` (even-numbered stickers, repeated STICKER_REPEAT times, and Fashion-MNIST
     0..29999) and the disjoint `database` (odd-numbered stickers, Fashion-MNIST 30000..59999), which the
@@ -94,7 +94,7 @@ def mix_rows(n_fmnist: int = 60000) -> dict[str, np.ndarray]:
 
     from rissole.data import load_source
 
-    records = load_source(f"folder:{STICKERS}:train", size=32, channels=3).records or []
+    records = load_source(f"folder:{stickers}:train", size=32, channels=3).records or []
     s = len(records)
     source = np.array([r.get("source", "") for r in records])
     odd = np.arange(1, s, 2)

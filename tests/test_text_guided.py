@@ -171,3 +171,18 @@ def test_cli_prompt_with_show_retrieval(joint: dict[str, Any], tmp_path: Path) -
     rc = main(["sample", "--ckpt", str(joint["ckpt"]), "-n", "2", "--class", "trouser", "--steps", "2",
                "--out", str(tmp_path / "c.png")])
     assert rc == 0
+
+
+def test_mix_rows_keep_the_database_disjoint_from_training(tmp_path: Path) -> None:
+    from rissole.data import load_source
+    from rissole.data.stickers import build_stickers
+    from rissole.paths import STICKER_REPEAT, STYLES, mix_rows
+
+    build_stickers(tmp_path / "st", limit=60, progress=False)
+    s = len(load_source(f"folder:{tmp_path / 'st'}:train", channels=3).images)
+    rows = mix_rows(tmp_path / "st", n_fmnist=100)
+    train, db = set(rows["train"].tolist()), set(rows["database"].tolist())
+    assert not train & db and train | db == set(range(s + 100))
+    assert len(rows["train"]) == STICKER_REPEAT * len(range(0, s, 2)) + 50  # stickers oversampled
+    assert set().union(*(set(rows[st].tolist()) for st in STYLES)) == db  # the style databases split it
+    assert all(r >= s for r in rows["fmnist"]) and all(r < s for st in ("emoji", "tuxpaint") for r in rows[st])
