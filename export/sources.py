@@ -31,6 +31,7 @@ from torch import nn
 
 from rissole_runtime.diffusion.guidance import doubled, with_zeros
 from rissole_runtime.diffusion.schedule import NoiseSchedule
+from rissole_runtime.errors import ConfigError
 from rissole.retrieval.database import BlockDatabase, gather_neighbours
 from rissole.retrieval.neighbours import open_table
 from rissole_export.graphs import EpsDenoiserGraph, RDMEpsGraph
@@ -102,10 +103,17 @@ def rissole_source(pipe: Any) -> ExportSource:
                         * scale)
 
 
+def refuse_own_embedding(pipe: Any) -> None:
+    if pipe.model.config.own_embedding:
+        raise ConfigError(f"{pipe.path}: a kNN-Diffusion model (model.own_embedding) does not export yet: the edge "
+                          "runtime conditions on database neighbours only. Sample it with `rissole sample`.")
+
+
 def rdm_source(pipe: Any) -> ExportSource:
     """A NeighbourHeadPipeline's parts (kind rdm): one block = the whole latent; db/ = the embedding database."""
     from rissole.embeddings.store import KEY_MODE
 
+    refuse_own_embedding(pipe)
     cfg = pipe.model.config
     schedule = pipe.schedule
     graph = RDMEpsGraph(pipe.model.float().eval(), schedule).eval()
@@ -124,6 +132,7 @@ def rarm_source(pipe: Any) -> ExportSource:
     """A NeighbourHeadPipeline's parts (kind rarm): the transformer's shapes; db/ = the embedding database."""
     from rissole.embeddings.store import KEY_MODE
 
+    refuse_own_embedding(pipe)
     cfg = pipe.model.config
     shape = [int(d) for d in pipe.vqgan.config.latent_shape]
     model = {"kind": "rarm", "grid": 1, "num_blocks": 1, "k": cfg.k, "latent_shape": shape, "block_shape": shape,

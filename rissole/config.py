@@ -181,6 +181,7 @@ class ModelConfig:
     (a typo would otherwise silently train the default), and written back as a plain dict."""
 
     what = "model"  # how the error names the section
+    may_be_zero: tuple[str, ...] = ()  # integer keys allowed to be 0 (the class checks their own rule)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
@@ -200,7 +201,7 @@ class ModelConfig:
             int_hint = hint is int or typing.get_origin(hint) is list and typing.get_args(hint) == (int,)
             ints = [v for v in (value if isinstance(value, list) else [value])
                     if int_hint and isinstance(v, int) and not isinstance(v, bool)]
-            if any(v < 1 for v in ints) or _negative(value):
+            if any(v < (0 if key in cls.may_be_zero else 1) for v in ints) or _negative(value):
                 raise ConfigError(f"config key {cls.what}.{key}: expected {'values' if isinstance(value, list) else 'a value'} "
                                   f">= {1 if ints else 0}, found {_found(value)}.")
         return cls(**d)

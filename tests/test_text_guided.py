@@ -186,3 +186,54 @@ def test_mix_rows_keep_the_database_disjoint_from_training(tmp_path: Path) -> No
     assert len(rows["train"]) == STICKER_REPEAT * len(range(0, s, 2)) + 50  # stickers oversampled
     assert set().union(*(set(rows[st].tolist()) for st in STYLES)) == db  # the style databases split it
     assert all(r >= s for r in rows["fmnist"]) and all(r < s for st in ("emoji", "tuxpaint") for r in rows[st])
+
+
+@pytest.fixture(scope="module")
+def knn(joint: dict[str, Any]) -> dict[str, Any]:
+    """kNN-Diffusion (model.own_embedding) and its no-kNN baseline (k = 0), briefly trained on the joint data."""
+    from rissole.heads.rdm.train import train_rdm
+
+    d = joint["dir"]
+    out = {}
+    for name, k in (("knn", 3), ("noknn", 0)):
+        cfg = rdm_config(d / "db_b", embedder="joint", context_tokens=1, context_token_dim=384, k=k, own_embedding=True,
+                         embedder_params={"tower": joint["embedder"].spec.params["tower"]})
+        cfg["train"]["steps"] = 3
+        out[name] = train_rdm(cfg, d / f"run_{name}", progress=False)
+    return out
+
+
+def test_knn_diffusion_trains_on_its_own_embedding_and_its_neighbours(knn: dict[str, Any], joint: dict[str, Any]) -> None:
+    from rissole.embeddings import open_embeddings
+
+    b = knn["knn"].batcher
+    ids = np.array([0, 5, 7])
+    nb = b.neighbours(ids).numpy()
+    assert nb.shape == (3, 1 + 3, 384)
+    own = open_embeddings(joint["dir"] / "a.npy").vectors()[ids]  # training rows are the query file's rows
+    np.testing.assert_array_equal(nb[:, 0], own)
+    np.testing.assert_array_equal(nb[:, 1:], b.edb.embeddings(np.asarray(b.table.ids[ids, :3])))
+    assert knn["noknn"].batcher.neighbours(ids).shape == (3, 1, 384)
+
+
+def test_knn_diffusion_samples_from_text_and_its_k_nearest_images(knn: dict[str, Any], joint: dict[str, Any]) -> None:
+    from rissole.heads.registry import load_pipeline
+
+    pipe = load_pipeline(joint["dir"] / "run_knn" / "final", device="cpu")
+    rows = np.array([1, 2, 3])
+    ids = pipe.neighbour_ids(rows)
+    assert ids.shape == (3, 4) and (ids[:, 0] == rows).all() and not (ids[:, 1:] == rows[:, None]).any()
+    c = pipe.conditioning(2, SamplingOptions(prompt=PROMPTS[:1], strategy="text+neighbours"))
+    text = joint["embedder"].embed_texts(list(PROMPTS[:1]))[0]
+    assert c.context.shape == (2, 4, 384)
+    np.testing.assert_allclose(c.context[:, 0], np.stack([text, text]), atol=1e-6)
+    np.testing.assert_array_equal(np.sort(c.ids[0, 1:]), np.sort(exact_top(pipe, text, 3)))
+    images, _ = pipe.sample(2, SamplingOptions(prompt=PROMPTS[:1], strategy="text+neighbours", steps=2))
+    assert images.shape == (2, 1, 32, 32)
+    base = load_pipeline(joint["dir"] / "run_noknn" / "final", device="cpu")
+    images, _ = base.sample(2, SamplingOptions(prompt=PROMPTS[:1], strategy="text", steps=2))
+    assert images.shape == (2, 1, 32, 32)
+    with pytest.raises(ConfigError, match="does not export yet"):
+        from rissole_export.sources import rdm_source
+
+        rdm_source(pipe)

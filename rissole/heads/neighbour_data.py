@@ -63,15 +63,19 @@ def latents_std(latents: np.ndarray, rows: np.ndarray, chunk: int = 8192) -> flo
 
 
 class NeighbourBatcher:
-    """Training rows' latents and their first k neighbours' embeddings, by training-row id."""
+    """Training rows' latents and their first k neighbours' embeddings, by training-row id (with `own`, the
+    row's own embedding first: kNN-Diffusion's training condition)."""
 
-    def __init__(self, edb: EmbeddingDatabase, table: NeighbourTable, spec: EmbeddingSpec, k: int, what: str) -> None:
+    def __init__(self, edb: EmbeddingDatabase, table: NeighbourTable, spec: EmbeddingSpec, k: int, what: str,
+                 own: bool = False) -> None:
         edb.check_spec(spec, what)
         if k > table.k:
             raise DataError(f"the model wants k = {k} neighbours, the table {table.meta.get('name')} of {edb.path} has "
                             f"{table.k}. Re-run `rissole db neighbours {edb.path} --keys {KEY_MODE} -k {k}`.")
-        self.edb, self.table, self.k = edb, table, k
+        self.edb, self.table, self.k, self.own = edb, table, k, own
         lat, self.rows = training_latents(edb, table)
+        queries = table.meta.get("queries")
+        self.query_file = None if queries == "database" else open_embeddings(queries)
         self.latents_file = lat
         if lat.checkpoint_hash != edb.db.checkpoint_hash:
             raise DataError(f"{lat.path}: latents of VQ-GAN {lat.checkpoint_hash[:12]}, the database {edb.path} stands for "
@@ -81,8 +85,19 @@ class NeighbourBatcher:
         return len(self.rows)
 
     def neighbours(self, ids: np.ndarray) -> torch.Tensor:
-        """(B, k, d) float32 embeddings of the first k neighbours of training rows `ids`."""
-        return torch.from_numpy(self.edb.embeddings(np.asarray(self.table.ids[np.asarray(ids), : self.k])))
+        """(B, k, d) float32 embeddings of the first k neighbours of training rows `ids` ((B, 1 + k, d) with
+        the rows' own embeddings first, for kNN-Diffusion)."""
+        ids = np.asarray(ids)
+        nb = self.edb.embeddings(np.asarray(self.table.ids[ids, : self.k]))
+        if self.own:
+            nb = np.concatenate([self.own_embeddings(ids)[:, None], nb], axis=1)
+        return torch.from_numpy(np.ascontiguousarray(nb, dtype=np.float32))
+
+    def own_embeddings(self, ids: np.ndarray) -> np.ndarray:
+        """(B, d) the training rows' own vectors: database rows (same set) or the query embeddings file's rows."""
+        if self.query_file is None:
+            return self.edb.embeddings(ids)
+        return np.asarray(self.query_file.latents.array[ids], dtype=np.float32).reshape(len(ids), -1)
 
     def latents(self, ids: np.ndarray) -> np.ndarray:
         """(B, c, h, w) float32 unscaled latents of training rows `ids`."""

@@ -25,6 +25,8 @@ from rissole.checkpoint import Checkpoint
 from rissole.embeddings.base import EmbeddingSpec
 from rissole.embeddings.store import KEY_MODE, EmbeddingDatabase, open_embedding_database
 from rissole.heads.pipeline import Conditioning, Pipeline, SamplingOptions
+from rissole.retrieval.neighbours import open_table
+from rissole_runtime.errors import ConfigError, DataError
 
 TEXT_OPTIONS = frozenset({"prompt", "strategy", "class_name", "pool"})  # what both heads take in a text-image space
 
@@ -46,9 +48,35 @@ class NeighbourHeadPipeline(Pipeline):
         pipe.edb = edb
         return pipe
 
+    @property
+    def own(self) -> bool:
+        """kNN-Diffusion: the model also conditions on the sample's own embedding (model.own_embedding)."""
+        return bool(getattr(self.model.config, "own_embedding", False))
+
+    def neighbour_ids(self, rows: np.ndarray, k: int | None = None) -> np.ndarray:
+        """(n, k) neighbour ids of database rows from the `database` table; for kNN-Diffusion (n, 1 + k): the
+        row itself, then its k nearest other rows."""
+        if not self.own:
+            return super().neighbour_ids(rows, k)
+        from rissole.retrieval.neighbours import drop_self
+
+        k = self.k if k is None else k
+        rows = np.asarray(rows)
+        if k == 0:
+            return rows[:, None]
+        table = open_table(self.db, "database")
+        if k + 1 > table.k:
+            raise DataError(f"{self.db.path}: {k} neighbours besides the row asked for, its database table holds "
+                            f"{table.k}. Re-run `rissole db neighbours {self.db.path}` with -k {k + 1}.")
+        ids, _ = drop_self(np.asarray(table.ids[rows, : k + 1]), np.asarray(table.scores[rows, : k + 1]), rows, k)
+        return np.concatenate([rows[:, None], ids], axis=1)
+
     @torch.no_grad()
     def query_neighbours(self, images: np.ndarray, k: int | None = None) -> np.ndarray:
         """Embedded as the database was, searched exactly."""
+        if self.own:
+            raise ConfigError(f"{self.path}: --query with a kNN-Diffusion model (model.own_embedding) is not supported: "
+                              "the query image is not a database row. Use --prompt, or pseudo-queries.")
         from rissole.embeddings import embedder_for_spec
         from rissole.retrieval.keys import KeySet
         from rissole.retrieval.searchers import make_searcher
@@ -69,11 +97,11 @@ class NeighbourHeadPipeline(Pipeline):
         """Pseudo-queries (the base's), or the prompt's / the class's neighbours and text embedding."""
         from rissole.heads.text_conditioning import class_conditioning, prompt_conditioning
 
-        k = options.k or self.k
+        vectors = (self.k if options.k is None else options.k) + int(self.own)  # what the model conditions on
         if options.prompt is not None:
-            tc = prompt_conditioning(self, list(options.prompt), n, options.strategy, k)
+            tc = prompt_conditioning(self, list(options.prompt), n, options.strategy, vectors)
         elif options.class_name is not None:
-            tc = class_conditioning(self, options.class_name, n, k, options.pool, options.seed)
+            tc = class_conditioning(self, options.class_name, n, vectors, options.pool, options.seed)
         else:
             return super().conditioning(n, options)
         return Conditioning(tc.ids, None, tc.context, tc.texts)

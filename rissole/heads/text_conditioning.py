@@ -74,7 +74,9 @@ def search(pipe: "NeighbourHeadPipeline", queries: np.ndarray, k: int) -> np.nda
 
 def prompt_conditioning(pipe: "NeighbourHeadPipeline", prompts: list[str], n: int, strategy: str,
                         k: int) -> TextConditioning:
-    """n samples' conditioning for prompts cycled over n, by one of the RDM paper's three strategies."""
+    """n samples' conditioning for prompts cycled over n, by one of the RDM paper's three strategies; k is the
+    number of vectors the model conditions on (for kNN-Diffusion, 1 + its k: text+neighbours is then the
+    paper's inference condition, the text embedding and its k nearest image embeddings)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, found {strategy!r}")
     texts = [prompts[i % len(prompts)] for i in range(n)]

@@ -35,8 +35,7 @@ class RARMConfig(NeighbourConditioning):
     def __post_init__(self) -> None:
         if self.width % self.num_heads:
             raise ConfigError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        if self.k < 1:
-            raise ConfigError(f"k must be >= 1, found {self.k}")
+        self.check_k()
 
 
 class DecoderBlock(nn.Module):

@@ -30,15 +30,29 @@ from rissole.models.neighbour_context import NeighbourContext
 class NeighbourConditioning(ModelConfig):
     """The conditioning part of an RDM / RARM config: how many neighbours, of which embedding."""
 
+    may_be_zero = ("k",)  # with own_embedding (check_k)
+
     k: int = 4  # k_train: neighbours per training sample (the paper's main RDM: 4)
     embedder: str = "vq"
     context_tokens: int = 64  # tokens per neighbour embedding
     context_token_dim: int = 10  # values per token
     embedder_params: dict[str, Any] = field(default_factory=dict)
     context_dim: int = 64  # width of the learned projection
+    # kNN-Diffusion (Sheynin et al.): the sample's own embedding conditions beside its k neighbours (k + 1
+    # vectors; k = 0 is the paper's no-kNN baseline); at inference a text embedding takes its place
+    own_embedding: bool = False
 
     def embedding_spec(self) -> EmbeddingSpec:
         return EmbeddingSpec(self.embedder, self.context_tokens, self.context_token_dim, dict(self.embedder_params))
+
+    @property
+    def vectors(self) -> int:
+        """Embeddings a sample conditions on: its k neighbours, and its own with own_embedding."""
+        return self.k + int(self.own_embedding)
+
+    def check_k(self) -> None:
+        if self.k < (0 if self.own_embedding else 1):
+            raise ConfigError(f"k must be >= 1 (>= 0 with own_embedding, kNN-Diffusion's no-kNN baseline), found {self.k}")
 
 
 @dataclass
@@ -63,8 +77,7 @@ class RDMUNetConfig(NeighbourConditioning):
         bad = [r for r in self.attention_resolutions if r not in levels]
         if bad:
             raise ConfigError(f"attention_resolutions {bad} are not downsampling factors of this UNet ({levels}).")
-        if self.k < 1:
-            raise ConfigError(f"k must be >= 1, found {self.k}")
+        self.check_k()
 
 
 class RDMUNet(nn.Module):

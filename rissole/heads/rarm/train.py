@@ -32,7 +32,7 @@ def parameter_counts(model: RARMTransformer) -> dict[str, int]:
     cfg = model.config
     dev = next(model.parameters()).device
     tokens = torch.zeros(2, cfg.seq_len, dtype=torch.long, device=dev)
-    nb = torch.zeros(2, cfg.k, cfg.context_tokens * cfg.context_token_dim, device=dev)
+    nb = torch.zeros(2, cfg.vectors, cfg.context_tokens * cfg.context_token_dim, device=dev)
     return used_parameters(model, lambda: model(tokens, nb))
 
 
@@ -41,7 +41,7 @@ def synthetic_loss(model: RARMTransformer, images: int, generator: torch.Generat
     cfg = model.config
     dev = next(model.parameters()).device
     codes = torch.randint(0, cfg.vocab_size, (images, cfg.seq_len), generator=generator).to(dev)
-    nb = torch.randn((images, cfg.k, cfg.context_tokens * cfg.context_token_dim), generator=generator).to(dev)
+    nb = torch.randn((images, cfg.vectors, cfg.context_tokens * cfg.context_token_dim), generator=generator).to(dev)
     logits = model(model.shift_right(codes), nb)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), codes.reshape(-1))
 

@@ -33,7 +33,7 @@ def parameter_counts(model: RDMUNet) -> dict[str, int]:
     cfg = model.config
     dev = next(model.parameters()).device
     x = torch.zeros(2, cfg.latent_channels, cfg.latent_size, cfg.latent_size, device=dev)
-    nb = torch.zeros(2, cfg.k, cfg.context_tokens * cfg.context_token_dim, device=dev)
+    nb = torch.zeros(2, cfg.vectors, cfg.context_tokens * cfg.context_token_dim, device=dev)
     return used_parameters(model, lambda: model(x, torch.zeros(2, dtype=torch.long, device=dev), nb))
 
 
@@ -42,7 +42,7 @@ def synthetic_loss(model: RDMUNet, images: int, generator: torch.Generator) -> t
     cfg = model.config
     dev = next(model.parameters()).device
     x0 = torch.randn((images, cfg.latent_channels, cfg.latent_size, cfg.latent_size), generator=generator).to(dev)
-    nb = torch.randn((images, cfg.k, cfg.context_tokens * cfg.context_token_dim), generator=generator).to(dev)
+    nb = torch.randn((images, cfg.vectors, cfg.context_tokens * cfg.context_token_dim), generator=generator).to(dev)
     return RDMLoss(NoiseSchedule(), 0.1)(model, x0, nb, generator)
 
 
@@ -54,7 +54,7 @@ class NeighbourHeadTrainer(HeadTrainer):
         dc, mc = self.config["data"], self.model.config
         edb = open_embedding_database(dc["db"])
         table = open_table(edb.db, dc.get("table", "train"))
-        self.batcher = NeighbourBatcher(edb, table, mc.embedding_spec(), mc.k, "the config")
+        self.batcher = NeighbourBatcher(edb, table, mc.embedding_spec(), mc.k, "the config", mc.own_embedding)
         return edb
 
     def num_rows(self) -> int:
