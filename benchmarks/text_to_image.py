@@ -149,7 +149,7 @@ def text_to_image(models: dict[str, Path], args: argparse.Namespace, figures: di
                     "share": float(np.mean(list(per_class.values()))),
                     "share_seen": float(np.mean([v for k, v in per_class.items() if k not in HELD_OUT])),
                     "share_heldout": float(np.mean([per_class[k] for k in HELD_OUT])), "seconds": seconds}
-            if args.fid:
+            if args.fid and mode in args.fid_modes:
                 x = np.concatenate(images_all)
                 cell["fid"] = evaluate(x, ref="fmnist:test", n=len(x), progress=False)["fid"]
                 cell["fid_n"] = len(x)
@@ -234,6 +234,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-fid", dest="fid", action="store_false", help="skip FID (Inception, ~0.2 s/image on a thread)")
+    ap.add_argument("--fid-modes", nargs="*", default=list(MODES), choices=MODES, help="the cells FID is measured for")
     ap.add_argument("--skip-style", action="store_true", help="only the text-to-image cells")
     ap.add_argument("--figure-model", default="k4", help="whose samples the PNG figures show")
     ap.add_argument("--vqgan", default=str(ROOT / "checkpoints" / "vqgan-stickers-fmnist-rgb"),
