@@ -135,6 +135,8 @@ def text_to_image(models: dict[str, Path], args: argparse.Namespace, figures: di
     for tag, ckpt in models.items():
         pipe = load_pipeline(ckpt, device="cpu")
         for mode in MODES:
+            if mode == "text+neighbours" and pipe.k < 2:  # k_train 1: no neighbour beside the text (= "text")
+                continue
             name = f"{tag}_{mode}_g{args.guidance}_s{args.steps}_n{args.n_per_class}"
             per_class, images_all, t0 = {}, [], time.perf_counter()
             for c, cname in enumerate(CLASSES):
