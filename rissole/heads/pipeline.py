@@ -45,9 +45,9 @@ HEAD_OPTIONS = {"sampler": "--sampler", "steps": "--steps", "eta": "--eta", "ord
 class SamplingOptions:
     """How to sample. Every head: guidance, top_m, seed, batch. Diffusion heads: sampler, steps, eta;
     RISSOLE: order; RDM and RARM: k (neighbours per sample; None: the model's k_train); RARM: top_k,
-    temperature; RDM in a text-image space (rissole.heads.text_conditioning): prompt (texts, cycled over the
-    samples) with strategy, or class_name with pool, instead of pseudo-queries. `batch`: None draws all n in one generate call with noise seed `seed`; a number draws
-    `batch` at a time, the batch starting at image s with noise seed `seed * 100_003 + s` (the paper
+    temperature; RDM and RARM in a text-image space (rissole.heads.text_conditioning): prompt (texts, cycled
+    over the samples) with strategy, or class_name with pool, instead of pseudo-queries. `batch`: None draws
+    all n in one generate call with noise seed `seed`; a number draws `batch` at a time, the batch starting at image s with noise seed `seed * 100_003 + s` (the paper
     table's evaluation)."""
 
     guidance: float = 1.0
