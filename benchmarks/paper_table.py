@@ -220,7 +220,7 @@ def report(n: int) -> dict[str, Any]:
             ckpt = load_checkpoint(d / "final")
             cfg = ckpt.config
             spec = head(ckpt.kind)
-            entry["params"] = spec.load("parameter_counts")(spec.build_model(cfg["model"]))["total"]
+            entry["params"] = spec.parameter_counts(spec.build_model(cfg["model"]))["total"]
             entry["train_seconds"], entry["train_invocations"] = training_seconds(d / "log.csv")
             entry["steps"], entry["batch_size"] = cfg["train"]["steps"], cfg["train"]["batch_size"]
         entry["ddim50"] = [read_json(p) for p in sorted(d.glob(f"eval_ddim50_n{n}_seed*.json"))]

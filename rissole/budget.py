@@ -65,7 +65,7 @@ def head_of(config: dict[str, Any]) -> Any:
 
 def count(config: dict[str, Any]) -> dict[str, int]:
     spec = head_of(config)
-    return spec.load("parameter_counts")(spec.build_model(config["model"]))
+    return spec.parameter_counts(spec.build_model(config["model"]))
 
 
 def fit_budget(config: dict[str, Any], budget: int, depths: list[int] | None = None, max_width: int = 2048) -> BudgetFit:

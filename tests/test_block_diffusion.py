@@ -16,10 +16,11 @@ from rissole.heads.rissole.batches import BlockBatcher
 from rissole.heads.rissole.loss import BlockDiffusionLoss
 from rissole.heads.rissole.sampling import sample_blocks
 from rissole.retrieval.database import gather_neighbours
-from rissole.heads.rissole.train import BlockDiffusionTrainer, parameter_counts, train_block_diffusion
+from rissole.heads.rissole.train import BlockDiffusionTrainer, train_block_diffusion
 from rissole.heads.registry import head
 
 build_model = head("rissole").build_model
+parameter_counts = head("rissole").parameter_counts
 from rissole.retrieval import build_database, open_database
 from rissole_runtime.retrieval.blocks import merge_blocks
 from rissole.retrieval.keys import KeySet

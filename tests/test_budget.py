@@ -62,7 +62,7 @@ def test_cli_writes_a_config_the_trainer_accepts(tmp_path: Path, capsys: pytest.
     cfg = yaml.safe_load(out.read_text())
     assert cfg["train"]["max_params"] == 500_000
     model = head("rarm").build_model(cfg["model"])
-    assert head("rarm").load("parameter_counts")(model)["total"] <= 500_000
+    assert head("rarm").parameter_counts(model)["total"] <= 500_000
     assert main(["budget", str(ROOT / CONFIGS[2]), "--params", "0.5M", "--out", str(out)]) == 2  # exists: refused
     assert yaml.safe_load(out.read_text()) == cfg
 

@@ -18,10 +18,11 @@ from rissole.embeddings import open_embedding_database
 from rissole_runtime.errors import CheckpointError, ConfigError, DataError
 from rissole.heads.neighbour_data import NeighbourBatcher
 from rissole.heads.rdm.sampling import rdm_eps_fn, sample_latents
-from rissole.heads.rdm.train import RDMTrainer, parameter_counts, train_rdm
+from rissole.heads.rdm.train import RDMTrainer, train_rdm
 from rissole.heads.registry import head
 
 build_model = head("rdm").build_model
+parameter_counts = head("rdm").parameter_counts
 from rissole.models.layers import SpatialTransformer
 from rissole.retrieval.neighbours import open_table
 

@@ -23,10 +23,9 @@ class Head:
     model: str  # the torch module class
     model_config: str  # its config dataclass (from_dict)
     train: str  # train(config, run_dir, resume, stop_after) -> trainer
-    parameter_counts: str  # model -> used parameters per component (train.max_params)
     pipeline: str  # the rissole.heads.pipeline.Pipeline subclass
     export_source: str  # rissole_export: pipeline -> ExportSource (its bundle kind: rissole_runtime.bundle)
-    synthetic_loss: str  # (model, images, generator) -> the training loss on a random batch (rissole budget)
+    synthetic_loss: str  # (model, images, generator) -> the training loss on a random batch
     width_key: str  # the model-config key `rissole budget` scales (channels) ...
     depth_key: str  # ... and the one it may vary where asked (blocks / layers)
 
@@ -38,18 +37,27 @@ class Head:
     def build_model(self, model_cfg: dict[str, Any]) -> Any:
         return self.load("model")(self.load("model_config").from_dict(model_cfg))
 
+    def parameter_counts(self, model: Any) -> dict[str, int]:
+        """Used parameters per component (train.max_params, `rissole budget`): the modules the training loss
+        runs on a random batch of two samples (rissole.models.params.used_parameters)."""
+        import torch
+
+        from rissole.models.params import used_parameters
+
+        return used_parameters(model, lambda: self.load("synthetic_loss")(model, 2, torch.Generator().manual_seed(0)))
+
 
 HEADS: dict[str, Head] = {h.kind: h for h in (
     Head("rissole", "rissole.models.block_unet:BlockDenoiser", "rissole.models.block_unet:BlockDenoiserConfig",
-         "rissole.heads.rissole.train:train_block_diffusion", "rissole.heads.rissole.train:parameter_counts", "rissole.heads.rissole.pipeline:RissolePipeline",
+         "rissole.heads.rissole.train:train_block_diffusion", "rissole.heads.rissole.pipeline:RissolePipeline",
          "rissole_export.sources:rissole_source", "rissole.heads.rissole.train:synthetic_loss", "model_channels",
          "num_res_blocks"),
     Head("rdm", "rissole.models.rdm_unet:RDMUNet", "rissole.models.rdm_unet:RDMUNetConfig",
-         "rissole.heads.rdm.train:train_rdm", "rissole.heads.rdm.train:parameter_counts", "rissole.heads.rdm.pipeline:RDMPipeline",
+         "rissole.heads.rdm.train:train_rdm", "rissole.heads.rdm.pipeline:RDMPipeline",
          "rissole_export.sources:rdm_source", "rissole.heads.rdm.train:synthetic_loss", "model_channels",
          "num_res_blocks"),
     Head("rarm", "rissole.models.rarm_transformer:RARMTransformer", "rissole.models.rarm_transformer:RARMConfig",
-         "rissole.heads.rarm.train:train_rarm", "rissole.heads.rarm.train:parameter_counts", "rissole.heads.rarm.pipeline:RARMPipeline",
+         "rissole.heads.rarm.train:train_rarm", "rissole.heads.rarm.pipeline:RARMPipeline",
          "rissole_export.sources:rarm_source", "rissole.heads.rarm.train:synthetic_loss", "width", "depth"),
 )}
 

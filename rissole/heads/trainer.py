@@ -110,7 +110,7 @@ class HeadTrainer(RunTrainer):
     def count_parameters(self) -> dict[str, int]:
         from rissole.heads.registry import head
 
-        return head(self.kind).load("parameter_counts")(self.model)
+        return head(self.kind).parameter_counts(self.model)
 
     def setup_data(self) -> None:
         raise NotImplementedError

@@ -20,24 +20,14 @@ from rissole_runtime.errors import DataError
 from rissole.heads.rarm.codes import code_indices, vqgan_codebook
 from rissole.heads.rdm.train import NeighbourHeadTrainer
 from rissole.heads.trainer import COMMON_DEFAULTS, train_head
-from rissole.models.params import used_parameters
 from rissole.models.rarm_transformer import RARMTransformer
 
 KIND = "rarm"
 
 
 
-def parameter_counts(model: RARMTransformer) -> dict[str, int]:
-    """Used parameters per component, from one forward pass on a dummy batch of two sequences."""
-    cfg = model.config
-    dev = next(model.parameters()).device
-    tokens = torch.zeros(2, cfg.seq_len, dtype=torch.long, device=dev)
-    nb = torch.zeros(2, cfg.vectors, cfg.context_tokens * cfg.context_token_dim, device=dev)
-    return used_parameters(model, lambda: model(tokens, nb))
-
-
 def synthetic_loss(model: RARMTransformer, images: int, generator: torch.Generator) -> torch.Tensor:
-    """The training loss on random code sequences and neighbour embeddings, for `rissole budget`."""
+    """The training loss on random code sequences and neighbour embeddings (parameter counts, `rissole budget`)."""
     cfg = model.config
     dev = next(model.parameters()).device
     codes = torch.randint(0, cfg.vocab_size, (images, cfg.seq_len), generator=generator).to(dev)

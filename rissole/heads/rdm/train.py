@@ -20,7 +20,6 @@ from rissole_runtime.errors import DataError
 from rissole.heads.neighbour_data import NeighbourBatcher, latents_std
 from rissole.heads.rdm.loss import RDMLoss
 from rissole.heads.trainer import COMMON_DEFAULTS, HeadTrainer, train_head
-from rissole.models.params import used_parameters
 from rissole.models.rdm_unet import RDMUNet
 from rissole.retrieval.neighbours import open_table
 
@@ -28,17 +27,9 @@ KIND = "rdm"
 
 
 
-def parameter_counts(model: RDMUNet) -> dict[str, int]:
-    """Used parameters per component, from one forward pass on a dummy batch of two latents."""
-    cfg = model.config
-    dev = next(model.parameters()).device
-    x = torch.zeros(2, cfg.latent_channels, cfg.latent_size, cfg.latent_size, device=dev)
-    nb = torch.zeros(2, cfg.vectors, cfg.context_tokens * cfg.context_token_dim, device=dev)
-    return used_parameters(model, lambda: model(x, torch.zeros(2, dtype=torch.long, device=dev), nb))
-
-
 def synthetic_loss(model: RDMUNet, images: int, generator: torch.Generator) -> torch.Tensor:
-    """The training loss on a random batch (latents and k neighbour embeddings), for `rissole budget`."""
+    """The training loss on a random batch (latents and k neighbour embeddings): the used-parameter count
+    (rissole.heads.registry.Head.parameter_counts) and `rissole budget`'s activation memory."""
     cfg = model.config
     dev = next(model.parameters()).device
     x0 = torch.randn((images, cfg.latent_channels, cfg.latent_size, cfg.latent_size), generator=generator).to(dev)

@@ -22,7 +22,6 @@ from rissole.heads.rissole.batches import BlockBatcher, check_pairing, latent_st
 from rissole.heads.rissole.loss import BlockDiffusionLoss
 from rissole.heads.trainer import COMMON_DEFAULTS, HeadTrainer, train_head
 from rissole.models.block_unet import BlockDenoiser
-from rissole.models.params import used_parameters
 from rissole.retrieval import open_database
 from rissole.retrieval.neighbours import open_table
 
@@ -31,24 +30,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {**COMMON_DEFAULTS, "steps": 10000, "batch_size
 
 
 
-def parameter_counts(model: BlockDenoiser) -> dict[str, int]:
-    """Used parameters per component, from one forward pass on a dummy batch of two blocks."""
-    cfg = model.config
-    c, s, k = cfg.latent_channels, cfg.block_size, cfg.k
-    dev = next(model.parameters()).device
-    x = torch.zeros(2, c, s, s, device=dev)
-    args = (
-        x, torch.zeros(2, dtype=torch.long, device=dev),
-        torch.zeros(2, k, c, s, s, device=dev) if cfg.retrieval else None,
-        torch.zeros(2, dtype=torch.long, device=dev) if cfg.position else None,
-        x if cfg.previous_block else None,
-    )
-    return used_parameters(model, lambda: model(*args))
-
-
 def synthetic_loss(model: BlockDenoiser, images: int, generator: torch.Generator) -> torch.Tensor:
     """The training loss on a random batch of `images` images (all b blocks, k neighbours each): what a real
-    step computes, for `rissole budget`'s activation memory."""
+    step computes: the used-parameter count (rissole.heads.registry.Head.parameter_counts) and `rissole
+    budget`'s activation memory."""
     from rissole.heads.rissole.batches import BlockBatch
 
     cfg = model.config
