@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from rissole.checkpoint import Checkpoint
-from rissole.embeddings.base import EmbeddingSpec
+from rissole.embeddings.base import Embedder, EmbeddingSpec
 from rissole.embeddings.store import KEY_MODE, EmbeddingDatabase, open_embedding_database
 from rissole.heads.pipeline import Conditioning, Pipeline, SamplingOptions
 from rissole.retrieval.neighbours import open_table
+from rissole.retrieval.searchers.base import Searcher
 from rissole_runtime.errors import ConfigError, DataError
 
 TEXT_OPTIONS = frozenset({"prompt", "strategy", "class_name", "pool"})  # what both heads take in a text-image space
@@ -35,6 +36,8 @@ class NeighbourHeadPipeline(Pipeline):
     """What RDM and RARM share: the embedding database (self.db is its block database)."""
 
     edb: EmbeddingDatabase
+    _embedder: Embedder | None = None  # built on first use (embedder())
+    _searcher: Searcher | None = None  # built on first use (search())
 
     @classmethod
     def open(cls, ckpt: Checkpoint, model: torch.nn.Module, database: str | os.PathLike, vqgan: torch.nn.Module,
@@ -77,14 +80,27 @@ class NeighbourHeadPipeline(Pipeline):
         if self.own:
             raise ConfigError(f"{self.path}: --query with a kNN-Diffusion model (model.own_embedding) is not supported: "
                               "the query image is not a database row. Use --prompt, or pseudo-queries.")
-        from rissole.embeddings import embedder_for_spec
-        from rissole.retrieval.keys import KeySet
-        from rissole.retrieval.searchers import make_searcher
+        return self.search(self.embedder().embed_images(images), k or self.k)
 
-        lat_shape = tuple(self.edb.source_latents().array.shape[1:])
-        embedder = embedder_for_spec(self.edb.spec, lat_shape, vqgan=self.vqgan, device=str(self.device))
-        queries = embedder.embed_images(images)
-        return make_searcher("exact").build(KeySet(self.db, KEY_MODE)).search(queries, k or self.k)[0]
+    def embedder(self) -> Embedder:
+        """The embedder that made the database's vectors (built once): what embeds a user's image or text."""
+        if self._embedder is None:
+            from rissole.embeddings import embedder_for_spec
+
+            lat_shape = tuple(self.edb.source_latents().array.shape[1:])
+            self._embedder = embedder_for_spec(self.edb.spec, lat_shape, vqgan=self.vqgan, device=str(self.device))
+        return self._embedder
+
+    def search(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """(q, k) database rows nearest to unit query vectors, by exact dot product (the index built once)."""
+        if k > len(self.edb):
+            raise ConfigError(f"{k} neighbours asked for, the database {self.edb.path} holds {len(self.edb)} rows.")
+        if self._searcher is None:
+            from rissole.retrieval.keys import KeySet
+            from rissole.retrieval.searchers import make_searcher
+
+            self._searcher = make_searcher("exact").build(KeySet(self.db, KEY_MODE))
+        return np.asarray(self._searcher.search(queries, k)[0])
 
     def neighbour_embeddings(self, neighbour_ids: np.ndarray, context: np.ndarray | None = None) -> torch.Tensor:
         """(n, k, d) float32: what the head's cross-attention reads, from this pipeline's database (or the

@@ -43,33 +43,15 @@ class TextConditioning:
 def embed_prompts(pipe: "NeighbourHeadPipeline", texts: list[str]) -> np.ndarray:
     """(len(texts), d) text embeddings in the database's space; an embedding without a text tower is an error
     that names it."""
-    from rissole.embeddings import embedder_for_spec
-
     spec = pipe.edb.spec
     if spec.embedder.partition(":")[0] not in ("joint", "clip"):
         raise ConfigError(f"{pipe.path}: the model conditions on {spec.describe()}, which have no text tower; "
                           "--prompt and --class need a model trained on joint or clip:PATH embeddings "
                           "(e.g. configs/rdm/stickers_joint.yaml).")
-    if getattr(pipe, "_text_embedder", None) is None:
-        lat_shape = tuple(pipe.edb.source_latents().array.shape[1:])
-        pipe._text_embedder = embedder_for_spec(spec, lat_shape, device=str(pipe.device))
-    v = np.asarray(pipe._text_embedder.embed_texts(list(texts)), dtype=np.float32)
+    v = np.asarray(pipe.embedder().embed_texts(list(texts)), dtype=np.float32)
     if v.shape != (len(texts), spec.dim):
         raise DataError(f"the text tower made {list(v.shape)} vectors, the database holds d = {spec.dim}.")
     return v
-
-
-def search(pipe: "NeighbourHeadPipeline", queries: np.ndarray, k: int) -> np.ndarray:
-    """(q, k) database rows nearest to unit query vectors, by exact dot product (the database's key mode)."""
-    from rissole.embeddings.store import KEY_MODE
-    from rissole.retrieval.keys import KeySet
-    from rissole.retrieval.searchers import make_searcher
-
-    if k > len(pipe.edb):
-        raise ConfigError(f"{k} neighbours asked for, the database {pipe.edb.path} holds {len(pipe.edb)} rows.")
-    if getattr(pipe, "_text_searcher", None) is None:
-        pipe._text_searcher = make_searcher("exact").build(KeySet(pipe.db, KEY_MODE))
-    return np.asarray(pipe._text_searcher.search(queries, k)[0])
 
 
 def prompt_conditioning(pipe: "NeighbourHeadPipeline", prompts: list[str], n: int, strategy: str,
@@ -86,7 +68,7 @@ def prompt_conditioning(pipe: "NeighbourHeadPipeline", prompts: list[str], n: in
     m = k if strategy == "neighbours" else k - 1
     if m < 1:
         raise ConfigError(f"--strategy {strategy} with k = {k}: no image neighbours left beside the text; use k >= 2.")
-    ids = search(pipe, text, m)
+    ids = pipe.search(text, m)
     nbrs = pipe.edb.embeddings(ids)  # (n, m, d)
     if strategy == "neighbours":
         return TextConditioning(nbrs, ids, texts)
@@ -102,7 +84,7 @@ def class_conditioning(pipe: "NeighbourHeadPipeline", class_name: str, n: int, k
     if pool < k:
         raise ConfigError(f"--pool {pool} is smaller than k = {k}; the pool must hold at least k neighbours.")
     text = CLASS_TEMPLATE.format(class_name)
-    candidates = search(pipe, embed_prompts(pipe, [text]), pool)[0]  # (pool,)
+    candidates = pipe.search(embed_prompts(pipe, [text]), pool)[0]  # (pool,)
     rng = np.random.default_rng(seed)
     ids = np.stack([candidates[rng.permutation(pool)[:k]] for _ in range(n)])
     return TextConditioning(pipe.edb.embeddings(ids), ids, [text] * n)
