@@ -86,7 +86,7 @@ def fmnist_classifier() -> tuple[Any, dict[str, Any]]:
     return clf, {**info, "test_accuracy": accuracy(clf, test.images, test.labels)}
 
 
-def domain_classifier(pipe: Any, rows: dict[str, np.ndarray], latents: Any) -> tuple[Any, dict[str, Any]]:
+def domain_classifier(pipe: Any, rows: dict[str, np.ndarray], style: np.ndarray, latents: Any) -> tuple[Any, dict[str, Any]]:
     """3-way CNN emoji / tuxpaint / fmnist on VQ-GAN reconstructions: trained on the training rows (fmnist
     subsampled to 2,000, stickers as they are), scored on the disjoint database rows."""
     import torch
@@ -94,14 +94,10 @@ def domain_classifier(pipe: Any, rows: dict[str, np.ndarray], latents: Any) -> t
     from benchmarks.classifier import accuracy, cached_classifier
     from rissole.paths import STYLES
 
-    records = pipe_records()
     train_rows = np.unique(rows["train"])
-    label_of = lambda r: np.array([STYLES.index(records[i]) if i < len(records) else 2 for i in r])  # noqa: E731
-    stick = train_rows[train_rows < len(records)]
-    src = np.array(records)[stick]
+    of = [train_rows[style[train_rows] == i] for i in range(len(STYLES))]  # style = rissole.paths.mix_styles()
     # balanced classes: each sticker source repeated up to ~2,000 rows, beside 2,000 Fashion-MNIST rows
-    tr = np.concatenate([np.tile(stick[src == st], max(1, 2000 // max(1, int((src == st).sum())))) for st in STYLES[:2]]
-                        + [train_rows[train_rows >= len(records)][:2000]])
+    tr = np.concatenate([np.tile(r, max(1, 2000 // max(1, len(r)))) for r in of[:2]] + [of[2][:2000]])
     te = np.concatenate([rows["emoji"], rows["tuxpaint"], rows["fmnist"][:2000]])
 
     def recon(r: np.ndarray) -> np.ndarray:
@@ -109,19 +105,12 @@ def domain_classifier(pipe: Any, rows: dict[str, np.ndarray], latents: Any) -> t
             return pipe.decode(torch.from_numpy(np.asarray(latents.array[r], dtype=np.float32)))
 
     tr, te = np.sort(tr), np.sort(te)
-    x_tr, y_tr = recon(tr), label_of(tr)
+    x_tr, y_tr = recon(tr), style[tr]
     clf, info = cached_classifier(x_tr, y_tr, 3, WORK / "classifiers", name="style3", epochs=8)
-    x_te, y_te = recon(te), label_of(te)
+    x_te, y_te = recon(te), style[te]
     per = {st: accuracy(clf, x_te[y_te == i], y_te[y_te == i]) for i, st in enumerate(STYLES)}
     return clf, {**info, "heldout_accuracy": accuracy(clf, x_te, y_te), "heldout_accuracy_per_style": per,
                  "train_counts": {st: int((y_tr == i).sum()) for i, st in enumerate(STYLES)}}
-
-
-def pipe_records() -> list[str]:
-    from rissole.data import load_source
-    from rissole.paths import STICKERS
-
-    return [r.get("source", "") for r in load_source(f"folder:{STICKERS}:train", size=32, channels=3).records or []]
 
 
 def text_to_image(models: dict[str, Path], args: argparse.Namespace, figures: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -165,11 +154,11 @@ def stylization(ckpt: Path, args: argparse.Namespace, figures: dict[str, Any]) -
     from benchmarks.classifier import predict
     from rissole.heads.registry import load_pipeline
     from rissole.latents import open_latents
-    from rissole.paths import STYLES, ensure_text_databases, mix_rows
+    from rissole.paths import STYLES, ensure_text_databases, mix_rows, mix_styles
 
     paths = ensure_text_databases(args.vqgan, args.work)
     full = load_pipeline(ckpt, device="cpu")
-    clf, info = domain_classifier(full, mix_rows(), open_latents(paths["latents"]))
+    clf, info = domain_classifier(full, mix_rows(), mix_styles(), open_latents(paths["latents"]))
     cells = []
     for i, style in enumerate(STYLES):
         swap = load_pipeline(ckpt, database=paths[style], device="cpu")

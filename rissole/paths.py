@@ -92,18 +92,27 @@ def mix_rows(stickers: str | os.PathLike = STICKERS, n_fmnist: int = 60000) -> d
     style databases split by where each image came from (`emoji`, `tuxpaint`, `fmnist`)."""
     import numpy as np
 
-    from rissole.data import load_source
-
-    records = load_source(f"folder:{stickers}:train", size=32, channels=3).records or []
-    s = len(records)
-    source = np.array([r.get("source", "") for r in records])
+    style = mix_styles(stickers, n_fmnist)
+    s = len(style) - n_fmnist
     odd = np.arange(1, s, 2)
     fm_train, fm_db = np.arange(s, s + n_fmnist // 2), np.arange(s + n_fmnist // 2, s + n_fmnist)
     rows = {"train": np.concatenate([np.tile(np.arange(0, s, 2), STICKER_REPEAT), fm_train]),
             "database": np.concatenate([odd, fm_db]), "fmnist": fm_db}
-    for style in ("emoji", "tuxpaint"):
-        rows[style] = odd[source[odd] == style]
+    for i, name in enumerate(STYLES[:2]):
+        rows[name] = odd[style[odd] == i]
     return rows
+
+
+def mix_styles(stickers: str | os.PathLike = STICKERS, n_fmnist: int = 60000) -> np.ndarray:
+    """(rows,) int64: the STYLES index of every row of the mixed latents (the sticker's `source` in its
+    metadata.jsonl, then `fmnist` for the Fashion-MNIST rows)."""
+    import numpy as np
+
+    from rissole.data import load_source
+
+    records = load_source(f"folder:{stickers}:train", size=32, channels=3).records or []
+    return np.array([STYLES.index(r.get("source", "")) for r in records] + [STYLES.index("fmnist")] * n_fmnist,
+                    dtype=np.int64)
 
 
 def ensure_text_databases(vqgan: str | os.PathLike = SHIPPED_RGB_VQGAN, work: str | os.PathLike = REPO_ROOT / "runs",
