@@ -73,9 +73,10 @@ def fit_budget(config: dict[str, Any], budget: int, depths: list[int] | None = N
     config's depth by default. Refused when even the narrowest model is over the budget."""
     spec = head_of(config)
     model = dict(config["model"])
-    heads = int(model.get("num_heads", 1))
+    parsed = spec.load("model_config").from_dict(model)  # unknown keys (another kind's section) refused here
+    heads = int(getattr(parsed, "num_heads", 1))
     step = WIDTH_STEP * heads // math.gcd(WIDTH_STEP, heads)
-    depths = depths or [int(model[spec.depth_key])]
+    depths = depths or [int(getattr(parsed, spec.depth_key))]
     best: BudgetFit | None = None
     tried: list[tuple[int, int, int]] = []
     for depth in depths:

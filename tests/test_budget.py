@@ -65,6 +65,10 @@ def test_cli_writes_a_config_the_trainer_accepts(tmp_path: Path, capsys: pytest.
     assert head("rarm").parameter_counts(model)["total"] <= 500_000
     assert main(["budget", str(ROOT / CONFIGS[2]), "--params", "0.5M", "--out", str(out)]) == 2  # exists: refused
     assert yaml.safe_load(out.read_text()) == cfg
+    other = tmp_path / "notes.yaml"
+    other.write_text("just notes\n")
+    assert main(["budget", str(ROOT / CONFIGS[2]), "--params", "0.5M", "--out", str(other), "--force"]) == 2
+    assert other.read_text() == "just notes\n"  # --force replaces a training config only
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: the peak CUDA allocation needs one")

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="depths to try as well (num_res_blocks for RISSOLE / RDM, depth for RARM); default: the config's")
     p.add_argument("--gpu-memory", default=None, metavar="SIZE", help="also say whether it fits this much (e.g. 6G)")
     p.add_argument("--out", default=None, help="write the resolved config here (YAML; train.max_params set to the budget)")
-    p.add_argument("--force", action="store_true", help="replace a YAML file already at --out")
+    p.add_argument("--force", action="store_true", help="replace a training config (YAML with a model section) already at "
+                                                        "--out (nothing else is ever replaced)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda: where the training step is measured "
                                                     "(CUDA adds the peak allocation)")
     p.set_defaults(func=_budget)
@@ -30,10 +31,12 @@ def _budget(args: argparse.Namespace) -> int:
     from rissole.device import pick_device
     from rissole.models.params import format_counts
     from rissole_runtime.errors import ConfigError
+    from rissole_runtime.fileio import CONFIG, atomic_path, check_replace
 
+    if args.out:
+        check_replace(args.out, CONFIG, args.force)  # before the measurement; checked again under the lock
     config = load_config(args.config)
-    if config.get("kind", "rissole") not in ("rissole", "rdm", "rarm"):
-        raise ConfigError(f"{args.config}: kind {config.get('kind')!r}; budget fits the generator heads rissole, rdm, rarm.")
+    spec = head_of(config)  # a config of another kind is refused here, naming the heads
     budget = parse_count(args.params)
     depths = None
     if args.depths:
@@ -42,7 +45,6 @@ def _budget(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--depths {args.depths!r}: expected integers joined by commas, e.g. 1,2") from None
     fit = fit_budget(config, budget, depths)
-    spec = head_of(config)
     total = fit.counts["total"]
     print(f"{spec.kind}: {spec.width_key} {fit.model[spec.width_key]}, {spec.depth_key} {fit.model[spec.depth_key]} -> "
           f"{total:,} used parameters ({total / budget:.1%} of the {budget:,} budget)")
@@ -62,16 +64,7 @@ def _budget(args: argparse.Namespace) -> int:
     for name, ok in fits(b["total"], extra).items():
         print(f"  fits {name}: {'yes' if ok else 'no'}" + ("" if ok else f" (needs {b['total'] / GIB:.2f} GiB)"))
     if args.out:
-        from pathlib import Path
-
-        from rissole_runtime.fileio import atomic_path
-
-        out = Path(args.out)
-        if out.exists() and not args.force:
-            raise ConfigError(f"{out} exists; pass --force to replace it, or choose another --out.")
-        if out.exists() and out.suffix not in (".yaml", ".yml"):
-            raise ConfigError(f"{out}: --force replaces only a YAML file; found {out.suffix or 'a file without suffix'}.")
-        with atomic_path(out, suffix=".yaml") as tmp:
-            Path(tmp).write_text(yaml.safe_dump(resolved_config(config, fit, budget), sort_keys=False))
-        print(f"wrote {out}")
+        with atomic_path(args.out, suffix=".yaml", kind=CONFIG, force=args.force) as tmp:
+            tmp.write_text(yaml.safe_dump(resolved_config(config, fit, budget), sort_keys=False))
+        print(f"wrote {args.out}")
     return 0

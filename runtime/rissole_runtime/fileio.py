@@ -35,6 +35,7 @@ from rissole_runtime.errors import DataError
 # Kinds of artefact a command writes, and how to recognise one on disk (see artefact_kind).
 DATABASE, BUNDLE, CHECKPOINT, INDEX = "block database", "edge bundle", "checkpoint", "search index"
 LATENTS, PNG, NPY, JSON = "latents file", "PNG image", ".npy array", "JSON results file"
+CONFIG = "training config (YAML)"  # a .yaml / .yml mapping with a top-level `model` (e.g. `rissole budget --out`)
 DIR_KINDS = (DATABASE, BUNDLE, CHECKPOINT, INDEX)
 REGENERABLE = (PNG, NPY, JSON)  # pictures, sample arrays, metric results: replaced by the next run without --force
 _PNG_MAGIC, _NPY_MAGIC = b"\x89PNG\r\n\x1a\n", b"\x93NUMPY"
@@ -56,24 +57,28 @@ def _umask() -> int:
 
 
 # ------------------------------------------------------------------ what is at a path
-def _is_checkpoint_config(path: Path) -> bool:
-    """Whether `path` is a rissole checkpoint's config.yaml (top-level `kind` and `format_version` keys). Read
-    with PyYAML where it is installed (the training package); the runtime distribution has no YAML parser and
-    looks for the two top-level keys, which is all this needs."""
+def _yaml_keys(path: Path) -> set[str]:
+    """The top-level keys of a YAML mapping file (empty when it is none). Read with PyYAML where it is installed
+    (the training package); the runtime distribution has no YAML parser and reads the unindented `key:` lines,
+    which is all the kind checks need."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError):
-        return False
+        return set()
     try:
         import yaml
     except ImportError:
-        keys = {line.split(":", 1)[0] for line in text.splitlines() if line and not line[0].isspace() and ":" in line}
-        return {"kind", "format_version"} <= keys
+        return {line.split(":", 1)[0] for line in text.splitlines() if line and not line[0].isspace() and ":" in line}
     try:
         cfg = yaml.safe_load(text)
     except yaml.YAMLError:
-        return False
-    return isinstance(cfg, dict) and "format_version" in cfg and "kind" in cfg
+        return set()
+    return {str(k) for k in cfg} if isinstance(cfg, dict) else set()
+
+
+def _is_checkpoint_config(path: Path) -> bool:
+    """Whether `path` is a rissole checkpoint's config.yaml (top-level `kind` and `format_version` keys)."""
+    return {"kind", "format_version"} <= _yaml_keys(path)
 
 
 def _json(path: Path) -> Any:
@@ -113,6 +118,8 @@ def artefact_kind(path: str | os.PathLike) -> str | None:
             return PNG
         if path.suffix == ".json" and isinstance(_json(path), dict):
             return JSON
+        if path.suffix in (".yaml", ".yml") and "model" in _yaml_keys(path):
+            return CONFIG
     return None
 
 
