@@ -160,14 +160,20 @@ def all_reduce_gradients(params: Iterator[torch.nn.Parameter], parts: int) -> No
             g.div_(parts)
 
 
-def mean_over_ranks(value: float | torch.Tensor) -> float:
-    """A logged scalar averaged over ranks (a loss that equals the single-process loss of the global batch)."""
+def means_over_ranks(values: dict[str, float | torch.Tensor]) -> dict[str, float]:
+    """Logged scalars averaged over ranks in one all-reduce (a loss then equals the single-process loss of the
+    global batch)."""
     w = world()
     if w.size == 1:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64)
+        return {k: float(v) for k, v in values.items()}
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64)
     torch.distributed.all_reduce(t)
-    return float(t[0]) / w.size
+    return {k: float(x) / w.size for k, x in zip(values, t)}
+
+
+def mean_over_ranks(value: float | torch.Tensor) -> float:
+    """One logged scalar averaged over ranks (means_over_ranks)."""
+    return means_over_ranks({"value": value})["value"]
 
 
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
@@ -211,17 +217,24 @@ def share_path(path: str | os.PathLike | None) -> str:
 
 
 @contextlib.contextmanager
-def sharded_output(create: "contextlib.AbstractContextManager[Any]") -> Iterator[tuple[Any, str | None]]:
+def sharded_output(create: "contextlib.AbstractContextManager[Any]") -> Iterator[Any]:
     """Rank 0 enters `create` (its locked atomic write, which yields (memmap, temporary path)); every rank
-    gets (the memmap to fill, or None) and the shared path. On exit every rank has written its rows, then
-    rank 0 leaves `create` (the rename) and every rank waits until it has."""
+    gets the one memmap to fill its rows of (the others open rank 0's temporary file). On exit the map is
+    flushed and every rank has written its rows, then rank 0 leaves `create` (the rename) and every rank
+    waits until it has."""
+    import numpy as np
+
     w = world()
     if w.size == 1:
-        with create as (arr, tmp):
-            yield arr, str(tmp)
+        with create as (arr, _):
+            yield arr
+            arr.flush()
         return
     if not w.main:
-        yield None, share_path(None)
+        arr = np.load(share_path(None), mmap_mode="r+")
+        yield arr
+        arr.flush()
+        del arr
         barrier()  # the rows are written
         barrier()  # rank 0 has renamed the file into place
         return
@@ -230,7 +243,8 @@ def sharded_output(create: "contextlib.AbstractContextManager[Any]") -> Iterator
         with create as (arr, tmp):
             share_path(tmp)
             shared = True
-            yield arr, str(tmp)
+            yield arr
+            arr.flush()
             barrier()
     except BaseException:
         if not shared:

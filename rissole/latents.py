@@ -94,16 +94,13 @@ def encode_images(
                 yield create_memmap(tmp, np.float32, shape, "the latents", out_path), tmp
             _write_manifest(out_path, shape, n, checkpoint, checkpoint_hash, source, labels)
 
-    with distributed.sharded_output(create()) as (arr, tmp):
-        arr = np.load(tmp, mmap_mode="r+") if arr is None else arr
+    with distributed.sharded_output(create()) as arr:
         for start in tqdm(range(rows.start, rows.stop, batch_size), desc="encode", unit="batch",
                           disable=not (progress and distributed.world().main)):
             x = to_model_range(images[start : min(start + batch_size, rows.stop)]).to(device)
             z = model.encode(x).float().cpu().numpy()
             check_finite(z, f"the VQ-GAN's latents of images {start}..{start + len(z) - 1}")
             arr[start : start + x.shape[0]] = z
-        arr.flush()
-        del arr
     return open_latents(out_path)
 
 

@@ -223,13 +223,9 @@ class VQGANTrainer(RunTrainer):
         every = tc["restart_dead_codes_every"]
         if every and self.step % every == 0 and self.step <= tc["restart_until"] * tc["steps"]:
             restarted = self._restart_dead_codes(distributed.gather_parts(h.detach()))
-        mean = distributed.mean_over_ranks
         return {
-            "loss": mean(loss.detach()),
-            "rec_l1": mean(rec.detach()),
-            "codebook": mean(qloss.detach()),
-            "g_loss": mean(g_loss.detach()),
-            "d_loss": mean(d_loss.detach()),
+            **distributed.means_over_ranks({"loss": loss.detach(), "rec_l1": rec.detach(), "codebook": qloss.detach(),
+                                            "g_loss": g_loss.detach(), "d_loss": d_loss.detach()}),
             "d_weight": float(d_weight),
             "restarted_codes": restarted,
             "lr": lr,

@@ -81,16 +81,13 @@ def write_embeddings(embedder: Embedder, latents_path: str | os.PathLike, out: s
                 yield create_memmap(tmp, np.float32, (len(rows), spec.dim, 1, 1), "the embeddings", out), tmp
             _write_sidecars(embedder, lat, latents_path, out, rows)
 
-    with distributed.sharded_output(create()) as (arr, tmp):
-        arr = np.load(tmp, mmap_mode="r+") if arr is None else arr
+    with distributed.sharded_output(create()) as arr:
         for s in tqdm(range(share.start, share.stop, chunk), desc=f"embed {spec.embedder}", unit="chunk",
                       disable=not (progress and distributed.world().main)):
             ids = rows[s : min(s + chunk, share.stop)]
             v = embedder.embed_latents(np.asarray(lat.array[ids])) if images is None else embedder.embed_images(images[ids])
             check_finite(v, f"{spec.embedder} embeddings of {latents_path} rows {ids[0]}..{ids[-1]}")
             arr[s : s + len(ids)] = v.reshape(len(ids), spec.dim, 1, 1)
-        arr.flush()
-        del arr
     return open_embeddings(out)
 
 
