@@ -100,25 +100,30 @@ def training_seconds(log_csv: Path) -> tuple[float, int]:
 
 def train(rows: list[str]) -> None:
     """Train each row not yet finished; a row with a checkpoint resumes; wall time accumulates."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for row in rows:
-        out = run_dir(row)
-        if (out / "final" / "config.yaml").is_file():
-            print(f"{row}: finished, skipped")
-            continue
-        argv = [sys.executable, "-m", "rissole", "train", "--out", str(out), *train_argv(row)]
-        if (out / "checkpoint").is_dir():
-            argv.append("--resume")
-        out.mkdir(parents=True, exist_ok=True)
-        print(f"{row}: {' '.join(argv[1:])}", flush=True)
-        t0 = time.time()
-        with open(out / "train.log", "a") as log:
-            code = subprocess.call(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wall = read_json(out / "wall.json", {"seconds": 0.0, "invocations": 0})
-        wall = {"seconds": wall["seconds"] + time.time() - t0, "invocations": wall["invocations"] + 1}
-        write_json_atomic(out / "wall.json", wall)
-        if code != 0:
-            raise SystemExit(f"{row}: training failed (exit {code}); see {out / 'train.log'}")
+        train_one(row, run_dir(row), train_argv(row), run_dir(row))
+
+
+def train_one(name: str, out: Path, config_argv: list[str], logs: Path) -> None:
+    """`rissole train --out OUT CONFIG_ARGV` on one thread unless OUT/final exists (resuming OUT/checkpoint),
+    its output appended to LOGS/train.log and its wall time added to LOGS/wall.json."""
+    if (out / "final" / "config.yaml").is_file():
+        print(f"{name}: finished, skipped")
+        return
+    argv = [sys.executable, "-m", "rissole", "train", "--out", str(out), *config_argv]
+    if (out / "checkpoint").is_dir():
+        argv.append("--resume")
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"{name}: {' '.join(argv[1:])}", flush=True)
+    t0 = time.time()
+    with open(logs / "train.log", "a") as log:
+        code = subprocess.call(argv, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log,
+                               stderr=subprocess.STDOUT)
+    wall = read_json(logs / "wall.json", {"seconds": 0.0, "invocations": 0})
+    write_json_atomic(logs / "wall.json", {"seconds": wall["seconds"] + time.time() - t0,
+                                           "invocations": wall["invocations"] + 1})
+    if code != 0:
+        raise SystemExit(f"{name}: training failed (exit {code}); see {logs / 'train.log'}")
 
 
 def load_pipeline(row: str) -> Any:

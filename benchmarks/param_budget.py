@@ -18,10 +18,6 @@ here and its two FID seeds take about 15 minutes, so the 12 rows take a few sess
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -66,23 +62,8 @@ def resolved(row: str) -> Path:
 
 
 def train(rows: list[str]) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for row in rows:
-        out = RUNS / row / "run"
-        if (out / "final" / "config.yaml").is_file():
-            continue
-        argv = [sys.executable, "-m", "rissole", "train", "--config", str(resolved(row)), "--out", str(out)]
-        if (out / "checkpoint").is_dir():
-            argv.append("--resume")
-        print(f"{row}: {' '.join(argv[1:])}", flush=True)
-        t0 = time.time()
-        with open(RUNS / row / "train.log", "a") as log:
-            code = subprocess.call(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wall = paper_table.read_json(RUNS / row / "wall.json", {"seconds": 0.0, "invocations": 0})
-        paper_table.write_json_atomic(RUNS / row / "wall.json", {"seconds": wall["seconds"] + time.time() - t0,
-                                                                 "invocations": wall["invocations"] + 1})
-        if code != 0:
-            raise SystemExit(f"{row}: training failed (exit {code}); see {RUNS / row / 'train.log'}")
+        paper_table.train_one(row, RUNS / row / "run", ["--config", str(resolved(row))], RUNS / row)
 
 
 def evaluate(rows: list[str], n: int) -> None:
