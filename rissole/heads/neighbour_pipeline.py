@@ -115,12 +115,10 @@ class NeighbourHeadPipeline(Pipeline):
 
         vectors = (self.k if options.k is None else options.k) + int(self.own)  # what the model conditions on
         if options.prompt is not None:
-            tc = prompt_conditioning(self, list(options.prompt), n, options.strategy, vectors)
-        elif options.class_name is not None:
-            tc = class_conditioning(self, options.class_name, n, vectors, options.pool, options.seed)
-        else:
-            return super().conditioning(n, options)
-        return Conditioning(tc.ids, None, tc.context, tc.texts)
+            return prompt_conditioning(self, list(options.prompt), n, options.strategy, vectors)
+        if options.class_name is not None:
+            return class_conditioning(self, options.class_name, n, vectors, options.pool, options.seed)
+        return super().conditioning(n, options)
 
     def row_latents(self, rows: np.ndarray) -> np.ndarray:
         """The rows' source latents (the embedding database keeps where they came from)."""

@@ -16,7 +16,6 @@ Retrieval-Augmented Diffusion Models"). Only an embedding space with a text towe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,19 +24,10 @@ from rissole_runtime.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
+    from rissole.heads.pipeline import Conditioning
 
 STRATEGIES = ("neighbours", "text+neighbours", "text")
 CLASS_TEMPLATE = "An image of a {}"  # the RDM paper's class prompt, Sec. 3.3
-
-
-@dataclass(frozen=True)
-class TextConditioning:
-    """What n samples condition on: `context` (n, k', d) unit vectors for the head, and the database rows
-    among them (`ids` (n, k''), -1 where a slot holds the text embedding itself) to show."""
-
-    context: np.ndarray
-    ids: np.ndarray
-    texts: list[str]  # the text each sample was prompted with
 
 
 def embed_prompts(pipe: "NeighbourHeadPipeline", texts: list[str]) -> np.ndarray:
@@ -55,31 +45,35 @@ def embed_prompts(pipe: "NeighbourHeadPipeline", texts: list[str]) -> np.ndarray
 
 
 def prompt_conditioning(pipe: "NeighbourHeadPipeline", prompts: list[str], n: int, strategy: str,
-                        k: int) -> TextConditioning:
+                        k: int) -> Conditioning:
     """n samples' conditioning for prompts cycled over n, by one of the RDM paper's three strategies; k is the
     number of vectors the model conditions on (for kNN-Diffusion, 1 + its k: text+neighbours is then the
     paper's inference condition, the text embedding and its k nearest image embeddings)."""
+    from rissole.heads.pipeline import Conditioning  # (torch: imported when a prompt is sampled, not with the CLI)
+
     if strategy not in STRATEGIES:
         raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, found {strategy!r}")
     texts = [prompts[i % len(prompts)] for i in range(n)]
     text = embed_prompts(pipe, list(prompts))[np.arange(n) % len(prompts)]  # (n, d)
     if strategy == "text":
-        return TextConditioning(text[:, None], np.full((n, 1), -1, dtype=np.int64), texts)
+        return Conditioning(np.full((n, 1), -1, dtype=np.int64), None, text[:, None], texts)
     m = k if strategy == "neighbours" else k - 1
     if m < 1:
         raise ConfigError(f"--strategy {strategy} with k = {k}: no image neighbours left beside the text; use k >= 2.")
     ids = pipe.search(text, m)
     nbrs = pipe.edb.embeddings(ids)  # (n, m, d)
     if strategy == "neighbours":
-        return TextConditioning(nbrs, ids, texts)
-    return TextConditioning(np.concatenate([text[:, None], nbrs], axis=1),
-                            np.concatenate([np.full((n, 1), -1, dtype=np.int64), ids], axis=1), texts)
+        return Conditioning(ids, None, nbrs, texts)
+    return Conditioning(np.concatenate([np.full((n, 1), -1, dtype=np.int64), ids], axis=1), None,
+                        np.concatenate([text[:, None], nbrs], axis=1), texts)
 
 
 def class_conditioning(pipe: "NeighbourHeadPipeline", class_name: str, n: int, k: int, pool: int | None,
-                       seed: int) -> TextConditioning:
+                       seed: int) -> Conditioning:
     """Post-hoc class conditioning (RDM paper, Sec. 3.3): "An image of a <class>" retrieves a pool of l
     neighbours (default 4k), each sample draws k of them without replacement (seeded)."""
+    from rissole.heads.pipeline import Conditioning  # (torch: imported when a prompt is sampled, not with the CLI)
+
     pool = pool or 4 * k
     if pool < k:
         raise ConfigError(f"--pool {pool} is smaller than k = {k}; the pool must hold at least k neighbours.")
@@ -87,4 +81,4 @@ def class_conditioning(pipe: "NeighbourHeadPipeline", class_name: str, n: int, k
     candidates = pipe.search(embed_prompts(pipe, [text]), pool)[0]  # (pool,)
     rng = np.random.default_rng(seed)
     ids = np.stack([candidates[rng.permutation(pool)[:k]] for _ in range(n)])
-    return TextConditioning(pipe.edb.embeddings(ids), ids, [text] * n)
+    return Conditioning(ids, None, pipe.edb.embeddings(ids), [text] * n)
