@@ -163,9 +163,11 @@ bundle.open_database = lambda path, positional_reads=False: open_database(path)
 """ + RSS_PROBE
 
 
-def peak_rss_mb(bundle: Path, n: int, threads: int, probe: str = RSS_PROBE) -> tuple[float, str]:
-    """Peak resident set of a fresh `rissole-run` process (its own VmHWM, Linux), and its report line."""
-    cmd = [sys.executable, "-c", probe, str(bundle), "-n", str(n), "--steps", "50",
+def peak_rss_mb(bundle: Path, n: int, threads: int, probe: str = RSS_PROBE,
+                extra: tuple[str, ...] = ("--steps", "50")) -> tuple[float, str]:
+    """Peak resident set of a fresh `rissole-run` process (its own VmHWM, Linux), and its report line;
+    `extra` are its sampling options (default DDIM-50)."""
+    cmd = [sys.executable, "-c", probe, str(bundle), "-n", str(n), *extra,
            "--out", str(Path(tempfile.gettempdir()) / "edge-bench.png"), "--threads", str(threads), "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

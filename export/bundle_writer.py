@@ -56,6 +56,7 @@ class ExportOptions:
     temperature: float = 1.0  # rarm: default temperature
     int8: bool = False  # diffusion kinds: int8 denoiser, static quantization calibrated on database rows
     int8_calibration_rows: int = 256
+    text_encoder: bool = True  # rdm in a text-image space: ship the text tower (rissole_export.text_encoder)
     link: bool = True  # hard-link blocks.npy when on the same file system (copy otherwise)
     parity_samples: int = 4
     seed: int = 0
@@ -109,8 +110,13 @@ def _proposal(src: ExportSource) -> tuple[np.ndarray, str]:
     return p, "p_D from the train neighbour table (RDM Eq. 5)"
 
 
-def _io_spec(names: list[str], feeds: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    return {k: {"shape": ["batch", *feeds[k].shape[1:]], "dtype": str(feeds[k].dtype)} for k in names}
+def _io_spec(names: list[str], feeds: dict[str, np.ndarray],
+             dynamic: dict[str, dict[int, str]] | None = None) -> dict[str, dict[str, Any]]:
+    spec = {k: {"shape": ["batch", *feeds[k].shape[1:]], "dtype": str(feeds[k].dtype)} for k in names}
+    for name, axes in (dynamic or {}).items():
+        for axis, label in axes.items():
+            spec[name]["shape"][axis] = label
+    return spec
 
 
 def _maybe_fp16(path: Path, model: onnx.ModelProto, opts: ExportOptions, roots: tuple[str, ...], extra: tuple[str, ...]) -> dict[str, Any]:
@@ -133,11 +139,11 @@ def export_denoiser(src: ExportSource, path: Path, opts: ExportOptions) -> dict[
         calibration = RowCalibration(src, opts.int8_calibration_rows, make_sampler(opts.sampler, src.schedule,
                                                                                    opts.steps).timesteps, seed=opts.seed)
         fp32 = opts.int8_fp32_path  # a temporary directory of write_bundle's, not shipped
-        export_onnx(graph, args, fp32, names, DENOISER_OUTPUT, opts.opset)
+        export_onnx(graph, args, fp32, names, DENOISER_OUTPUT, opts.opset, src.dynamic)
         info = {**quantize_denoiser(fp32, path, calibration), "fp32_nodes": []}
         info["weights_by_dtype"] = count_by_precision(onnx.load(str(path)))
     else:
-        model = export_onnx(graph, args, path, names, DENOISER_OUTPUT, opts.opset)
+        model = export_onnx(graph, args, path, names, DENOISER_OUTPUT, opts.opset, src.dynamic)
         info = _maybe_fp16(path, model, opts, DENOISER_FP32_ROOTS, ())
 
     def reference() -> np.ndarray:
@@ -151,7 +157,7 @@ def export_denoiser(src: ExportSource, path: Path, opts: ExportOptions) -> dict[
     opts.report.append(f"{what}: onnx.checker ok; onnxruntime vs PyTorch max abs diff {diff:.3g} on "
                        f"{len(feeds['x'])} {unit} (tolerance {tol:g}, {info['precision']})")
     prediction = src.model["prediction"]
-    return {"file": DENOISER, "inputs": _io_spec(names, feeds),
+    return {"file": DENOISER, "inputs": _io_spec(names, feeds, src.dynamic),
             "output": {DENOISER_OUTPUT: {"shape": ["batch", *feeds["x"].shape[1:]], "dtype": "float32"}},
             "prediction": prediction, "output_is": "eps",
             "eps_conversion": ("none: the model predicts eps" if prediction == "eps" else
@@ -196,6 +202,15 @@ def _export_networks(src: ExportSource, out: Path, opts: ExportOptions) -> dict[
     return export_rarm(src, out, fp16, opts.opset, opts.parity_samples, opts.seed, opts.report)
 
 
+def _text_encoder(src: ExportSource, out: Path, opts: ExportOptions) -> dict[str, Any] | None:
+    """RDM (and kNN-Diffusion) in a text-image space: the text tower for `rissole-run --prompt`, else None."""
+    from rissole_export.text_encoder import export_text_encoder, has_text_tower
+
+    if src.kind != "rdm" or not has_text_tower(src.model["embedding"]["embedder"]) or not opts.text_encoder:
+        return None
+    return export_text_encoder(src.pipe, out, opts.opset, opts.report)
+
+
 def _file_entry(path: Path, role: str, sha: str | None = None) -> dict[str, Any]:
     return {"role": role, "bytes": path.stat().st_size, "sha256": sha or sha256_file(path)}
 
@@ -230,12 +245,16 @@ def _write_bundle(ckpt: str | os.PathLike, out: Path, src: ExportSource, opts: E
     with atomic_dir(out, BUNDLE, force=opts.overwrite) as tmp:
         networks = _export_networks(src, tmp, opts)
         decoder = export_decoder(src, tmp / DECODER, opts)
-        bundle_db, how = _write_database(src_db, tmp / DB_DIR, src.k, src.retrieval, opts.link, opts.progress)
+        bundle_db, how = _write_database(src_db, tmp / DB_DIR, src.table_k, src.retrieval, opts.link, opts.progress)
         opts.report.append(f"database: {src_db.rows} rows {how} from {src_db.path}")
         proposal, proposal_source = _proposal(src)
         with atomic_path(tmp / PROPOSAL, suffix=".npy") as p, open(p, "wb") as f:
             np.save(f, proposal.astype(np.float64))
+        text = _text_encoder(src, tmp, opts)
         files = {sec["file"]: _file_entry(tmp / sec["file"], NETWORK_ROLES[name]) for name, sec in networks.items()}
+        if text is not None:
+            files.update({text["file"]: _file_entry(tmp / text["file"], "text encoder model"),
+                          text["tokenizer"]: _file_entry(tmp / text["tokenizer"], "text tokenizer")})
         files.update({DECODER: _file_entry(tmp / DECODER, "VQ decoder model"),
                       PROPOSAL: _file_entry(tmp / PROPOSAL, "proposal p_D"),
                       f"{DB_DIR}/{BLOCKS_FILE}": _file_entry(tmp / DB_DIR / BLOCKS_FILE, src.database_role,
@@ -257,7 +276,7 @@ def _write_bundle(ckpt: str | os.PathLike, out: Path, src: ExportSource, opts: E
             "source": {"checkpoint": str(Path(ckpt).resolve()), "step": int(src.config.get("step", 0)),
                        "vqgan_hash": src.config["vqgan_hash"]},
             "model": src.model,
-            **networks, "decoder": decoder,
+            **networks, "decoder": decoder, **({"text_encoder": text} if text is not None else {}),
             "scale_factor": src.scale_factor,
             "schedule": src.schedule.to_dict() if src.schedule is not None else None,
             "sampler": sampler,

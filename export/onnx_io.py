@@ -26,12 +26,14 @@ PROTOBUF_LIMIT = 2 * 1024**3
 
 
 def export_onnx(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], path: str | os.PathLike,
-                input_names: Sequence[str], output_names: str | Sequence[str], opset: int = MIN_OPSET) -> onnx.ModelProto:
-    """Trace `module` on `inputs` with axis 0 of every input and output dynamic; write `path` atomically."""
+                input_names: Sequence[str], output_names: str | Sequence[str], opset: int = MIN_OPSET,
+                dynamic: dict[str, dict[int, str]] | None = None) -> onnx.ModelProto:
+    """Trace `module` on `inputs` with axis 0 of every input and output dynamic (and the axes `dynamic`
+    names, e.g. a text encoder's token axis); write `path` atomically."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET} (LayerNormalization), found {opset}")
     outputs = [output_names] if isinstance(output_names, str) else list(output_names)
-    dynamic = {name: {0: "batch"} for name in [*input_names, *outputs]}
+    dynamic = {**{name: {0: "batch"} for name in [*input_names, *outputs]}, **(dynamic or {})}
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy-exporter deprecation and tracer warnings say nothing here

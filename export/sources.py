@@ -39,6 +39,9 @@ from rissole_runtime.bundle import TABLE
 
 EMBEDDING_CONDITIONING = ("neighbours (B, k, d): unit embeddings gathered from db/blocks.npy (1, rows, d) at the "
                           "`database` table's ids of the pseudo-query row; not scaled")
+OWN_CONDITIONING = ("neighbours (B, 1 + k, d), kNN-Diffusion: the pseudo-query row's own unit embedding, then its k "
+                    "nearest other rows' (the `database` table's k + 1 columns without the row itself); with a "
+                    "prompt, the text embedding and its k nearest rows by exact search")
 
 
 @dataclass
@@ -57,9 +60,19 @@ class ExportSource:
     database_role: str  # role of db/blocks.npy in the manifest's file list
     pipe: Any  # the PyTorch pipeline it came from (rissole.heads.pipeline.Pipeline): real inputs
     # diffusion kinds, for the parity checks: scaled x0 rows (n * blocks, c, s, s) of database rows, and the
-    # denoiser's neighbour input (n * blocks, k, ...) of their neighbour ids (n, k)
+    # denoiser's neighbour input (n * blocks, vectors, ...) of the same rows
     denoiser_x0: Callable[[np.ndarray], np.ndarray] | None = None
     denoiser_neighbours: Callable[[np.ndarray], np.ndarray] | None = None
+    dynamic: dict[str, dict[int, str]] | None = None  # denoiser input axes besides the batch that may vary
+
+    @property
+    def own_embedding(self) -> bool:
+        return bool(self.model.get("own_embedding", False))
+
+    @property
+    def table_k(self) -> int:
+        """Columns of the shipped `database` table (rissole_runtime.bundle.Bundle.table_k)."""
+        return self.k + int(self.own_embedding)
 
     @property
     def k(self) -> int:
@@ -99,40 +112,39 @@ def rissole_source(pipe: Any) -> ExportSource:
     return ExportSource("rissole", pipe.config, graph, graph.input_names(), pipe.vqgan.float().eval(), pipe.db,
                         pipe.schedule, model, "all-zero neighbour blocks", "block database", pipe,
                         lambda rows: pipe.db.blocks(rows).reshape(len(rows) * b, *pipe.db.block_shape) * scale,
-                        lambda ids: gather_neighbours(pipe.db, ids, k).reshape(len(ids) * b, k, *pipe.db.block_shape)
-                        * scale)
-
-
-def refuse_own_embedding(pipe: Any) -> None:
-    if pipe.model.config.own_embedding:
-        raise ConfigError(f"{pipe.path}: a kNN-Diffusion model (model.own_embedding) does not export yet: the edge "
-                          "runtime conditions on database neighbours only. Sample it with `rissole sample`.")
+                        lambda rows: gather_neighbours(pipe.db, pipe.neighbour_ids(rows), k)
+                        .reshape(len(rows) * b, k, *pipe.db.block_shape) * scale)
 
 
 def rdm_source(pipe: Any) -> ExportSource:
-    """A NeighbourHeadPipeline's parts (kind rdm): one block = the whole latent; db/ = the embedding database."""
+    """A NeighbourHeadPipeline's parts (kind rdm): one block = the whole latent; db/ = the embedding database.
+    kNN-Diffusion (model.own_embedding) conditions on 1 + k vectors; the neighbour axis is left free so
+    a prompt may condition on fewer (--strategy text)."""
     from rissole.embeddings.store import KEY_MODE
 
-    refuse_own_embedding(pipe)
     cfg = pipe.model.config
     schedule = pipe.schedule
     graph = RDMEpsGraph(pipe.model.float().eval(), schedule).eval()
     shape = [cfg.latent_channels, cfg.latent_size, cfg.latent_size]
     model = {"kind": "rdm", "grid": 1, "num_blocks": 1, "k": cfg.k, "latent_shape": shape, "block_shape": shape,
              "retrieval": True, "position": False, "key": KEY_MODE, "prediction": cfg.prediction,
-             "embedding": pipe.edb.spec.to_dict(),
-             "conditioning": EMBEDDING_CONDITIONING}
+             "embedding": pipe.edb.spec.to_dict(), "own_embedding": bool(cfg.own_embedding),
+             "conditioning": OWN_CONDITIONING if cfg.own_embedding else EMBEDDING_CONDITIONING}
     scale = np.float32(pipe.config["scale_factor"])
     return ExportSource("rdm", pipe.config, graph, graph.input_names(), pipe.vqgan.float().eval(), pipe.edb.db,
                         schedule, model, "all-zero neighbour embeddings", "neighbour embedding database", pipe,
-                        lambda rows: pipe.edb.latents(rows) * scale, lambda ids: pipe.edb.embeddings(ids[:, : cfg.k]))
+                        lambda rows: pipe.edb.latents(rows) * scale,
+                        lambda rows: pipe.edb.embeddings(pipe.neighbour_ids(rows)),
+                        {"neighbours": {0: "batch", 1: "vectors"}})
 
 
 def rarm_source(pipe: Any) -> ExportSource:
     """A NeighbourHeadPipeline's parts (kind rarm): the transformer's shapes; db/ = the embedding database."""
     from rissole.embeddings.store import KEY_MODE
 
-    refuse_own_embedding(pipe)
+    if pipe.model.config.own_embedding:
+        raise ConfigError(f"{pipe.path}: an RARM with kNN-Diffusion's conditioning (model.own_embedding) does not export: "
+                          "the edge RARM conditions on database neighbours only. Sample it with `rissole sample`.")
     cfg = pipe.model.config
     shape = [int(d) for d in pipe.vqgan.config.latent_shape]
     model = {"kind": "rarm", "grid": 1, "num_blocks": 1, "k": cfg.k, "latent_shape": shape, "block_shape": shape,
@@ -165,9 +177,7 @@ def real_denoiser_inputs(src: ExportSource, n: int, seed: int,
     xt = a * x0 + s * rng.standard_normal(x0.shape).astype(np.float32)
     feeds = {"x": doubled(xt).astype(np.float32), "t": doubled(t).astype(np.int64)}
     if src.retrieval:
-        ids = np.asarray(open_table(src.db, TABLE).ids[rows])
-        nb = src.denoiser_neighbours(ids)
-        feeds["neighbours"] = with_zeros(nb).astype(np.float32)
+        feeds["neighbours"] = with_zeros(src.denoiser_neighbours(rows)).astype(np.float32)
     if src.model["position"]:
         feeds["position"] = np.tile(np.arange(src.model["num_blocks"], dtype=np.int64), 2 * n)
     return feeds

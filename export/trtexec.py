@@ -34,8 +34,9 @@ class EnginePlan:
     timing_cache: Path | None = None
 
 
-def _shape(spec: list[Any], batch: int) -> list[int]:
-    return [batch if d == "batch" else int(d) for d in spec]
+def _shape(spec: list[Any], batch: int, vectors: int) -> list[int]:
+    """A manifest shape at a batch size; an RDM denoiser's free neighbour axis ("vectors") at `vectors`."""
+    return [batch if d == "batch" else vectors if d == "vectors" else int(d) for d in spec]
 
 
 def engine_plans(bundle: Path, manifest: dict[str, Any], fp16: bool = True, workspace_mb: int = DEFAULT_WORKSPACE_MB,
@@ -44,6 +45,8 @@ def engine_plans(bundle: Path, manifest: dict[str, Any], fp16: bool = True, work
     1 .. max_samples * 2) and the decoder (1 .. max_samples)."""
     batch = manifest["batch"]
     sampling = (batch["min"], batch["opt"], batch["max"])
+    model = manifest["model"]
+    vectors = (1, int(model["k"]) + int(bool(model.get("own_embedding"))))  # a prompt's text alone .. the model's own
     if not BUNDLE_KINDS[model_kind(manifest)].diffusion:
         parts = [(CONTEXT, "context", sampling, (RARM_FP32_ROOTS, ())), (STEP, "step", sampling, (RARM_FP32_ROOTS, ()))]
     else:
@@ -51,12 +54,12 @@ def engine_plans(bundle: Path, manifest: dict[str, Any], fp16: bool = True, work
     parts.append((DECODER, "decoder", (1, batch["max_samples"], batch["max_samples"]), (("",), DECODER_FP32_SCOPES)))
     plans = []
     for name, section, (lo, opt, hi), (roots, extra) in parts:
-        shapes = {k: (_shape(v["shape"], lo), _shape(v["shape"], opt), _shape(v["shape"], hi))
-                  for k, v in manifest[section]["inputs"].items()}
+        shapes = {k: (_shape(v["shape"], lo, vectors[0]), _shape(v["shape"], opt, vectors[1]),
+                      _shape(v["shape"], hi, vectors[1])) for k, v in manifest[section]["inputs"].items()}
         layers: list[str] = []
         if fp16:
-            model = onnx.load(str(bundle / name), load_external_data=False)
-            layers = trt_fp32_layers(model, fp32_nodes(model, roots, extra))
+            graph = onnx.load(str(bundle / name), load_external_data=False)
+            layers = trt_fp32_layers(graph, fp32_nodes(graph, roots, extra))
         plans.append(EnginePlan(bundle / name, bundle / name.replace(".onnx", ".engine"), shapes, fp16, layers,
                                 workspace_mb, timing_cache or bundle / "timing.cache"))
     return plans

@@ -22,6 +22,9 @@ EMBEDDINGS = REPO_ROOT / "runs" / "emb"
 # the text-guided RDM (configs/rdm/stickers_joint.yaml) and what it samples from
 SHIPPED_RGB_VQGAN = CHECKPOINTS / "vqgan-stickers-fmnist-rgb"
 SHIPPED_TEXT_RDM = CHECKPOINTS / "rdm-stickers-joint"
+SHIPPED_KNN = CHECKPOINTS / "knn-stickers-joint"  # kNN-Diffusion (configs/rdm/stickers_knn.yaml)
+SHIPPED_EDIT = CHECKPOINTS / "knn-stickers-edit"  # its mask-free manipulation (configs/rdm/stickers_edit.yaml)
+KNN_DB = REPO_ROOT / "runs" / "db" / "knn-stickers-joint"
 STICKERS = REPO_ROOT / "runs" / "stickers32"
 MIX_SOURCE = f"folder:{STICKERS}:train+fmnist:train"
 STYLES = ("emoji", "tuxpaint", "fmnist")
@@ -159,6 +162,32 @@ def ensure_text_databases(vqgan: str | os.PathLike = SHIPPED_RGB_VQGAN, work: st
     return paths
 
 
+def ensure_knn_database(k: int = 20) -> Path:
+    """Build, on first use, kNN-Diffusion's index (configs/rdm/stickers_knn.yaml): the joint embeddings of
+    the sticker training images alone, which are also its training rows (the model is trained on images
+    only, each conditioned on its own embedding and its k nearest others: the `train` table, self excluded)."""
+    from rissole.embeddings import build_embedding_database, make_embedder, write_embeddings
+    from rissole.retrieval import open_database
+    from rissole.retrieval.keys import KeySet
+    from rissole.retrieval.neighbours import list_tables, make_tables
+
+    if (KNN_DB / "manifest.json").is_file() and {"database", "train"} <= set(list_tables(open_database(KNN_DB))):
+        return KNN_DB
+    latents = ensure_text_databases()["latents"]
+    n = len(mix_styles()) - 60000
+    emb = EMBEDDINGS / "stickers-joint.npy"
+    if not emb.with_suffix(".json").is_file():
+        import numpy as np
+
+        write_embeddings(make_embedder("joint", device="cpu"), latents, emb, np.arange(n))
+    if not (KNN_DB / "manifest.json").is_file():
+        build_embedding_database(emb, KNN_DB)
+    db = open_database(KNN_DB)
+    for line in make_tables(db, KeySet(db, "latent"), "exact", {"threads": 1}, k=k):
+        print(line)
+    return KNN_DB
+
+
 def ensure_database_for(ckpt: str | os.PathLike) -> None:
     """Build the database of a shipped checkpoint on first use (other checkpoints name their own)."""
     ckpt = Path(ckpt).resolve()
@@ -168,3 +197,5 @@ def ensure_database_for(ckpt: str | os.PathLike) -> None:
         ensure_shipped_rdm_database()
     elif ckpt == SHIPPED_TEXT_RDM.resolve():
         ensure_text_databases()
+    elif ckpt in (SHIPPED_KNN.resolve(), SHIPPED_EDIT.resolve()):
+        ensure_knn_database()

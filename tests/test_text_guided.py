@@ -233,7 +233,148 @@ def test_knn_diffusion_samples_from_text_and_its_k_nearest_images(knn: dict[str,
     base = load_pipeline(joint["dir"] / "run_noknn" / "final", device="cpu")
     images, _ = base.sample(2, SamplingOptions(prompt=PROMPTS[:1], strategy="text", steps=2))
     assert images.shape == (2, 1, 32, 32)
-    with pytest.raises(ConfigError, match="does not export yet"):
-        from rissole_export.sources import rdm_source
 
-        rdm_source(pipe)
+
+def test_manipulated_training_pair_changes_only_the_chosen_area(joint: dict[str, Any]) -> None:
+    """kNN-Diffusion's edit pairs (Sec. 3.1): outside the box the latent is the original's, inside the neighbour's;
+    the area image keeps the box's pixels on white; boxes lie inside the latent, 2..5 cells a side."""
+    import torch
+
+    from rissole.data import load_source
+    from rissole.heads.rdm.edit_pairs import MAX_CELLS, MIN_CELLS, area_images, box_mask, manipulate, random_boxes
+    from rissole.latents import open_latents
+
+    lat = np.asarray(open_latents(joint["dir"] / "lat.npy").array[:64])
+    original, neighbour = lat[:32], lat[32:]
+    boxes = random_boxes(32, 8, torch.Generator().manual_seed(0))
+    y, x, h, w = boxes.T
+    assert ((h >= MIN_CELLS) & (h <= MAX_CELLS) & (w >= MIN_CELLS) & (w <= MAX_CELLS)).all()
+    assert ((y >= 0) & (y + h <= 8) & (x >= 0) & (x + w <= 8)).all() and len({tuple(b) for b in boxes}) > 10
+    out = manipulate(original, neighbour, boxes)
+    inside = np.broadcast_to(box_mask(boxes, 8) > 0.5, out.shape)
+    np.testing.assert_array_equal(out[~inside], original[~inside])
+    np.testing.assert_array_equal(out[inside], neighbour[inside])
+    assert (inside[:, 0].sum(axis=(1, 2)) == h * w).all()
+    images = load_source("fmnist:train", limit=32).images
+    area = area_images(images, boxes, 4)
+    px = np.broadcast_to(np.kron(box_mask(boxes, 8), np.ones((1, 1, 4, 4))) > 0.5, images.shape)
+    np.testing.assert_array_equal(area[px], images[px])
+    assert (area[~px] == 255).all()
+
+
+@pytest.fixture(scope="module")
+def edit(joint: dict[str, Any]) -> dict[str, Any]:
+    """An edit model (model.edit, own_embedding, k = 0) briefly trained on the trousers' same-set table."""
+    from rissole.heads.rdm.train import train_rdm
+
+    d = joint["dir"]
+    cfg = rdm_config(d / "db_trousers", embedder="joint", context_tokens=1, context_token_dim=384, k=0,
+                     own_embedding=True, edit=True, embedder_params={"tower": joint["embedder"].spec.params["tower"]})
+    cfg["data"].update(channels=1, image_size=32)
+    cfg["train"]["steps"] = 3
+    trainer = train_rdm(cfg, d / "run_edit", progress=False)
+    return {"ckpt": d / "run_edit" / "final", "trainer": trainer, "config": cfg}
+
+
+def test_edit_model_trains_on_pairs_and_edits_an_image(edit: dict[str, Any], joint: dict[str, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    from rissole.cli.main import main
+    from rissole.data import load_source
+    from rissole.heads.rdm.train import train_rdm
+    from rissole.heads.registry import load_pipeline
+    from rissole_runtime.errors import DataError
+
+    pairs = edit["trainer"].pairs
+    import torch
+
+    target, source, emb = pairs.batch(np.arange(4), torch.Generator().manual_seed(1))
+    assert target.shape == source.shape == (4, 10, 8, 8) and emb.shape == (4, 1, 384)
+    changed = (target != source).any(axis=1)  # (4, 8, 8): the box, where the neighbour differs
+    assert changed.any() and not changed.all()
+    pipe = load_pipeline(edit["ckpt"], device="cpu")
+    images = load_source("fmnist:train", limit=2).images
+    out = pipe.edit(images, "a photo of a trouser", SamplingOptions(steps=2, guidance=2.0))
+    assert out.shape == (2, 1, 32, 32) and out.dtype == np.uint8
+    with pytest.raises(ConfigError, match="rissole edit"):
+        pipe.sample(2, SamplingOptions(steps=2))
+    bad = dict(edit["config"], data={**edit["config"]["data"], "db": str(joint["dir"] / "db_b")})
+    with pytest.raises(DataError, match="same-set"):
+        train_rdm(bad, tmp_path / "bad", progress=False)
+    Image.fromarray(images[0, 0]).save(tmp_path / "in.png")
+    rc = main(["edit", str(tmp_path / "in.png"), "--prompt", "a photo of a bag", "--ckpt", str(edit["ckpt"]),
+               "--steps", "2", "-n", "2", "--out", str(tmp_path / "e.png"), "--compare", str(tmp_path / "c.png")])
+    assert rc == 0 and (tmp_path / "e.png").is_file() and Image.open(tmp_path / "c.png").size == (3 * 34 * 4 + 2 * 4, 34 * 4 + 2 * 4)
+
+
+@pytest.fixture(scope="module")
+def knn_bundle(knn: dict[str, Any], joint: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The kNN-Diffusion model with random weights (so the text and neighbours move the output) and its bundle,
+    with the text encoder, and one without it."""
+    import shutil
+
+    from rissole_export.bundle_writer import ExportOptions, write_bundle
+    from test_export_rdm import _randomise_checkpoint
+
+    d = tmp_path_factory.mktemp("knn_edge")
+    ckpt = d / "ckpt"
+    shutil.copytree(joint["dir"] / "run_knn" / "final", ckpt)
+    _randomise_checkpoint(ckpt)
+    opts = ExportOptions(max_samples=4, progress=False)
+    manifest = write_bundle(ckpt, d / "bundle", opts=opts)
+    write_bundle(ckpt, d / "no_text", opts=ExportOptions(max_samples=4, progress=False, text_encoder=False))
+    return {"ckpt": ckpt, "bundle": d / "bundle", "no_text": d / "no_text", "manifest": manifest, "report": opts.report}
+
+
+def test_knn_bundle_samples_prompts_as_pytorch_does(knn_bundle: dict[str, Any]) -> None:
+    """Same prompt, same rows and noise: the runtime's conditioning ids equal PyTorch's, images within one level."""
+    from rissole.heads.registry import load_pipeline
+    from rissole_runtime.bundle import open_bundle
+    from rissole_runtime.sampler import EdgeSampler
+
+    m = knn_bundle["manifest"]
+    assert m["model"]["own_embedding"] and m["text_encoder"]["parity_max_abs"] < 1e-4
+    assert any("tokenizer ids equal" in line for line in knn_bundle["report"])
+    bundle = open_bundle(knn_bundle["bundle"], verify=True)
+    assert bundle.neighbour_ids.shape[1] == bundle.k + 1
+    edge = EdgeSampler(bundle, "cpu", threads=1)
+    pipe = load_pipeline(knn_bundle["ckpt"], device="cpu")
+    rows = edge.pseudo_queries(5, 1.0, 0)
+    np.testing.assert_array_equal(edge.neighbours(rows)[:, 0], pipe.edb.embeddings(pipe.neighbour_ids(rows)))
+    for strategy in ("text+neighbours", "text"):
+        opts = SamplingOptions(prompt=PROMPTS, strategy=strategy, steps=4, guidance=2.0, seed=3)
+        cond = pipe.conditioning(5, opts)
+        ids, nb = edge.prompt_neighbours(list(PROMPTS), 5, strategy)
+        np.testing.assert_array_equal(ids, cond.ids)
+        np.testing.assert_allclose(nb[:, 0], cond.context, atol=1e-5)
+        ref, _ = pipe.sample(5, opts)
+        got, _ = edge.generate(5, 4, 3, guidance=2.0, prompts=list(PROMPTS), strategy=strategy)
+        assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1 and got.std() > 5
+
+
+def test_runtime_prompt_with_torch_blocked_and_without_a_text_encoder(knn_bundle: dict[str, Any], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from rissole_runtime.cli import main
+    from test_runtime import run_runtime_without_torch
+
+    res = run_runtime_without_torch(knn_bundle["bundle"], tmp_path, ("--steps", "3", "--prompt", *PROMPTS))
+    assert res.returncode == 0, res.stderr
+    assert "prompt 'a photo of a trouser'" in res.stdout and np.load(tmp_path / "x.npy").shape == (5, 1, 32, 32)
+    out = tmp_path / "none.png"
+    assert main([str(knn_bundle["no_text"]), "-n", "2", "--prompt", "a bag", "--out", str(out), "--quiet"]) == 2
+    assert "no text encoder" in capsys.readouterr().err and not out.exists()
+
+
+def test_knn_model_refuses_an_index_of_another_embedder(knn: dict[str, Any], joint: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    from rissole.embeddings import build_embedding_database, make_embedder, write_embeddings
+    from rissole.heads.registry import load_pipeline
+    from rissole.latents import open_latents
+    from rissole_runtime.errors import DataError
+
+    lat = joint["dir"] / "lat.npy"
+    vq = make_embedder("vq", tuple(open_latents(lat).array.shape[1:]))
+    write_embeddings(vq, lat, tmp_path / "v.npy", np.arange(50), progress=False)
+    build_embedding_database(tmp_path / "v.npy", tmp_path / "db_vq", progress=False)
+    with pytest.raises(DataError, match="vq embeddings"):
+        load_pipeline(joint["dir"] / "run_knn" / "final", database=tmp_path / "db_vq", device="cpu")

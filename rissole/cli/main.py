@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "rissole.cli.db_cmd",
     "rissole.cli.embed_cmd",
     "rissole.cli.rissole_cmd",
+    "rissole.cli.edit_cmd",
     "rissole.cli.checkpoint_cmd",
     "rissole.cli.demo_cmd",
     "rissole.cli.fit_cmd",

@@ -86,9 +86,9 @@ def register_sample(sub: argparse._SubParsersAction) -> None:
                    help="RDM, RARM in a text-image space (joint, clip:PATH): condition on this text instead of "
                         "pseudo-queries (several prompts cycle over the samples); see --strategy")
     s.add_argument("--strategy", choices=STRATEGIES, default=None,
-                   help="how --prompt conditions (RDM paper, Fig. 2): neighbours (default: the k nearest image "
-                        "embeddings of the text), text+neighbours (the text embedding and its k-1 nearest), text "
-                        "(the text embedding alone)")
+                   help="how --prompt conditions (RDM paper, Fig. 2): neighbours (the k nearest image embeddings of "
+                        "the text; RDM's default), text+neighbours (the text embedding and its k-1 nearest; for "
+                        "kNN-Diffusion the text and its k nearest, its default), text (the text embedding alone)")
     s.add_argument("--class", dest="class_name", default=None, metavar="NAME",
                    help="RDM, RARM in a text-image space: post-hoc class conditioning (RDM paper, Sec. 3.3): "
                         "'An image of a NAME' retrieves a pool of neighbours, each sample conditions on k of them")
@@ -158,7 +158,7 @@ def _sample(args: argparse.Namespace) -> int:
     ids = cond.ids
     k = "" if ids is None else f", k = {ids.shape[1]}"
     if cond.texts is not None:
-        k += f", conditioned on {cond.texts[0]!r}" + (f" ({options.strategy})" if options.prompt else "")
+        k += f", conditioned on {cond.texts[0]!r}" + (f" ({pipe.strategy(options)})" if options.prompt else "")
     print(f"wrote {args.out}: {args.n} {kind} samples ({pipe.describe(options)}{k}, guidance {options.guidance}, "
           f"top-m {options.top_m}, database {pipe.db.path}), {dt:.1f} s ({dt / args.n * 1e3:.0f} ms/image)")
     return 0

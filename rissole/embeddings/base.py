@@ -19,6 +19,17 @@ from rissole.retrieval.keys import normalise
 
 
 @dataclass(frozen=True)
+class TextTower:
+    """A text tower in exportable form (rissole-export writes it as ONNX beside its tokenizer file):
+    `module(input_ids, attention_mask)` (int64 (n, L)) -> unit (n, d) float32, the same vectors as
+    the embedder's embed_texts; `tokenizer_file` is the Hugging Face fast-tokenizer JSON that made the ids."""
+
+    module: Any  # torch.nn.Module
+    tokenizer_file: Any  # pathlib.Path
+    max_tokens: int
+
+
+@dataclass(frozen=True)
 class EmbeddingSpec:
     """What an embedding vector is: which embedder, and how its d values split into tokens."""
 
@@ -66,6 +77,12 @@ class Embedder(ABC):
         from rissole.errors import DataError
 
         raise DataError(f"the {self.name} embedder has no text tower; embed text with minilm, joint or clip:PATH.")
+
+    def text_tower(self) -> TextTower:
+        """The text tower for export (joint text-image embedders)."""
+        from rissole.errors import DataError
+
+        raise DataError(f"the {self.name} embedder has no text tower to export; only minilm, joint and clip:PATH have one.")
 
     def embed_latents(self, z: np.ndarray) -> np.ndarray | None:
         """VQ latents (n, c, h, w) -> (n, d) when the embedding is a function of the latent alone; else None."""

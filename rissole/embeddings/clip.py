@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from rissole.checkpoint import load_foreign_state_dict
-from rissole.embeddings.base import Embedder, EmbeddingSpec
+from rissole.embeddings.base import Embedder, EmbeddingSpec, TextTower
 from rissole.errors import CheckpointError, DataError
 from rissole.fileio import sha256_file
 
@@ -175,6 +175,25 @@ class ClipEmbedder(Embedder):
             feats = self.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             out[s : s + len(texts[s : s + self.batch_size])] = self._features(feats).cpu().numpy()
         return self.unit(out)
+
+    def text_tower(self) -> TextTower:
+        folder = self.path if self.path.is_dir() else self.path.parent
+        if not (folder / "tokenizer.json").is_file():
+            raise CheckpointError(f"{folder}: no tokenizer.json (the fast-tokenizer file the edge runtime reads) beside "
+                                  "the CLIP weights; save it there with transformers' CLIPTokenizerFast.save_pretrained.")
+        return TextTower(ClipTextGraph(self.model), folder / "tokenizer.json", self.max_tokens)
+
+
+class ClipTextGraph(torch.nn.Module):
+    """(input_ids, attention_mask) -> unit projected text features: what rissole-export traces to ONNX."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        feats = ClipEmbedder._features(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+        return F.normalize(feats, dim=-1)
 
 
 def _tokenizer(tf: Any, folder: Path) -> Any:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from rissole.embeddings.base import Embedder, EmbeddingSpec
+from rissole.embeddings.base import Embedder, EmbeddingSpec, TextTower
 from rissole.errors import DataError
+
+if TYPE_CHECKING:
+    from rissole.embeddings.minilm import MiniLMEmbedder
 
 SHIPPED_NAME = "joint-minilm-stickers"
 
@@ -69,8 +72,15 @@ class JointEmbedder(Embedder):
         return self.unit(out)
 
     def embed_texts(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        return self.text_embedder().embed_texts(texts, progress)
+
+    def text_tower(self) -> TextTower:
+        return self.text_embedder().text_tower()
+
+    def text_embedder(self) -> "MiniLMEmbedder":
+        """The frozen MiniLM the tower was trained into (loaded on first use)."""
         if self._text is None:
             from rissole.embeddings.minilm import MiniLMEmbedder
 
             self._text = MiniLMEmbedder(device=self.device)
-        return self._text.embed_texts(texts, progress)
+        return self._text

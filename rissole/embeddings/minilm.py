@@ -17,7 +17,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 import torch
 
-from rissole.embeddings.base import Embedder, EmbeddingSpec
+from rissole.embeddings.base import Embedder, EmbeddingSpec, TextTower
 from rissole.errors import DataError
 
 DIM = 384
@@ -92,8 +92,27 @@ class MiniLMEmbedder(Embedder):
         for s in tqdm(range(0, len(texts), self.batch_size), desc="minilm", unit="batch", disable=not progress):
             batch = self.tokenizer(texts[s : s + self.batch_size], padding=True, truncation=True,
                                    max_length=MAX_TOKENS, return_tensors="pt").to(self.device)
-            h = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
-            mean = (h * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+            mean = mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
             out[s : s + len(mean)] = mean.cpu().numpy()
         return self.unit(out)
+
+    def text_tower(self) -> TextTower:
+        return TextTower(SentenceGraph(self.model), self.path / "tokenizer.json", MAX_TOKENS)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Sentence-BERT's mean of the token states over the attention mask."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+
+
+class SentenceGraph(torch.nn.Module):
+    """(input_ids, attention_mask) -> unit sentence vectors: what rissole-export traces to ONNX."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return torch.nn.functional.normalize(mean_pool(h, attention_mask), dim=-1)

@@ -26,7 +26,6 @@ from rissole.embeddings.base import Embedder, EmbeddingSpec
 from rissole.embeddings.store import KEY_MODE, EmbeddingDatabase, open_embedding_database
 from rissole.heads.pipeline import Conditioning, Pipeline, SamplingOptions
 from rissole.retrieval.neighbours import open_table
-from rissole.retrieval.searchers.base import Searcher
 from rissole_runtime.errors import ConfigError, DataError
 
 TEXT_OPTIONS = frozenset({"prompt", "strategy", "class_name", "pool"})  # what both heads take in a text-image space
@@ -37,7 +36,6 @@ class NeighbourHeadPipeline(Pipeline):
 
     edb: EmbeddingDatabase
     _embedder: Embedder | None = None  # built on first use (embedder())
-    _searcher: Searcher | None = None  # built on first use (search())
 
     @classmethod
     def open(cls, ckpt: Checkpoint, model: torch.nn.Module, database: str | os.PathLike, vqgan: torch.nn.Module,
@@ -56,23 +54,26 @@ class NeighbourHeadPipeline(Pipeline):
         """kNN-Diffusion: the model also conditions on the sample's own embedding (model.own_embedding)."""
         return bool(getattr(self.model.config, "own_embedding", False))
 
+    def strategy(self, options: SamplingOptions) -> str:
+        """How a prompt conditions: the option, else the model's default (rissole_runtime.prompts)."""
+        from rissole_runtime.prompts import default_strategy
+
+        return options.strategy or default_strategy(self.own)
+
     def neighbour_ids(self, rows: np.ndarray, k: int | None = None) -> np.ndarray:
         """(n, k) neighbour ids of database rows from the `database` table; for kNN-Diffusion (n, 1 + k): the
         row itself, then its k nearest other rows."""
         if not self.own:
             return super().neighbour_ids(rows, k)
-        from rissole.retrieval.neighbours import drop_self
+        from rissole_runtime.retrieval.search import own_neighbour_ids
 
         k = self.k if k is None else k
         rows = np.asarray(rows)
-        if k == 0:
-            return rows[:, None]
         table = open_table(self.db, "database")
         if k + 1 > table.k:
             raise DataError(f"{self.db.path}: {k} neighbours besides the row asked for, its database table holds "
                             f"{table.k}. Re-run `rissole db neighbours {self.db.path}` with -k {k + 1}.")
-        ids, _ = drop_self(np.asarray(table.ids[rows, : k + 1]), np.asarray(table.scores[rows, : k + 1]), rows, k)
-        return np.concatenate([rows[:, None], ids], axis=1)
+        return own_neighbour_ids(rows, table.ids[rows, : k + 1], table.scores[rows, : k + 1], k)
 
     @torch.no_grad()
     def query_neighbours(self, images: np.ndarray, k: int | None = None) -> np.ndarray:
@@ -92,15 +93,13 @@ class NeighbourHeadPipeline(Pipeline):
         return self._embedder
 
     def search(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """(q, k) database rows nearest to unit query vectors, by exact dot product (the index built once)."""
+        """(q, k) database rows nearest to unit query vectors, by exact dot product over the database's unit
+        vectors (rissole_runtime.retrieval.search: the same search as `rissole-run --prompt`)."""
+        from rissole_runtime.retrieval.search import exact_search
+
         if k > len(self.edb):
             raise ConfigError(f"{k} neighbours asked for, the database {self.edb.path} holds {len(self.edb)} rows.")
-        if self._searcher is None:
-            from rissole.retrieval.keys import KeySet
-            from rissole.retrieval.searchers import make_searcher
-
-            self._searcher = make_searcher("exact").build(KeySet(self.db, KEY_MODE))
-        return np.asarray(self._searcher.search(queries, k)[0])
+        return exact_search(np.asarray(queries, dtype=np.float32), self.db.vector_chunks(), k)[0]
 
     def neighbour_embeddings(self, neighbour_ids: np.ndarray, context: np.ndarray | None = None) -> torch.Tensor:
         """(n, k, d) float32: what the head's cross-attention reads, from this pipeline's database (or the
@@ -115,7 +114,7 @@ class NeighbourHeadPipeline(Pipeline):
 
         vectors = (self.k if options.k is None else options.k) + int(self.own)  # what the model conditions on
         if options.prompt is not None:
-            return prompt_conditioning(self, list(options.prompt), n, options.strategy, vectors)
+            return prompt_conditioning(self, list(options.prompt), n, self.strategy(options), vectors)
         if options.class_name is not None:
             return class_conditioning(self, options.class_name, n, vectors, options.pool, options.seed)
         return super().conditioning(n, options)

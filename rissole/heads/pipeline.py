@@ -63,7 +63,7 @@ class SamplingOptions:
     temperature: float = 1.0
     spacing: str | None = None  # timestep spacing of dpmpp2m / unipc (None: the solvers' default, trailing)
     prompt: tuple[str, ...] | None = None
-    strategy: str = "neighbours"
+    strategy: str | None = None  # how a prompt conditions (rissole_runtime.prompts; None: the model's default)
     class_name: str | None = None
     pool: int | None = None
 
@@ -79,7 +79,7 @@ class SamplingOptions:
             raise ConfigError(f"batch must be >= 1, found {self.batch}")
         if self.prompt is not None and self.class_name is not None:
             raise ConfigError("--prompt and --class both given; condition on a text prompt or on a class, not both.")
-        if self.strategy != "neighbours" and self.prompt is None:
+        if self.strategy is not None and self.prompt is None:
             raise ConfigError(f"--strategy {self.strategy}: a strategy says how a --prompt conditions; give --prompt.")
         if self.pool is not None and self.class_name is None:
             raise ConfigError("--pool: the neighbour pool of --class; give --class.")

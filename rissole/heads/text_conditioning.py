@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rissole_runtime.errors import ConfigError, DataError
+from rissole_runtime.prompts import STRATEGIES, prompt_condition  # noqa: F401 - STRATEGIES re-exported
 
 if TYPE_CHECKING:
     from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
     from rissole.heads.pipeline import Conditioning
 
-STRATEGIES = ("neighbours", "text+neighbours", "text")
 CLASS_TEMPLATE = "An image of a {}"  # the RDM paper's class prompt, Sec. 3.3
 
 
@@ -46,26 +46,15 @@ def embed_prompts(pipe: "NeighbourHeadPipeline", texts: list[str]) -> np.ndarray
 
 def prompt_conditioning(pipe: "NeighbourHeadPipeline", prompts: list[str], n: int, strategy: str,
                         k: int) -> Conditioning:
-    """n samples' conditioning for prompts cycled over n, by one of the RDM paper's three strategies; k is the
-    number of vectors the model conditions on (for kNN-Diffusion, 1 + its k: text+neighbours is then the
-    paper's inference condition, the text embedding and its k nearest image embeddings)."""
+    """n samples' conditioning for prompts cycled over n, by one of the RDM paper's three strategies
+    (rissole_runtime.prompts, shared with `rissole-run --prompt`); k is the number of vectors the model
+    conditions on (for kNN-Diffusion 1 + its k)."""
     from rissole.heads.pipeline import Conditioning  # (torch: imported when a prompt is sampled, not with the CLI)
 
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"--strategy must be one of {', '.join(STRATEGIES)}, found {strategy!r}")
     texts = [prompts[i % len(prompts)] for i in range(n)]
     text = embed_prompts(pipe, list(prompts))[np.arange(n) % len(prompts)]  # (n, d)
-    if strategy == "text":
-        return Conditioning(np.full((n, 1), -1, dtype=np.int64), None, text[:, None], texts)
-    m = k if strategy == "neighbours" else k - 1
-    if m < 1:
-        raise ConfigError(f"--strategy {strategy} with k = {k}: no image neighbours left beside the text; use k >= 2.")
-    ids = pipe.search(text, m)
-    nbrs = pipe.edb.embeddings(ids)  # (n, m, d)
-    if strategy == "neighbours":
-        return Conditioning(ids, None, nbrs, texts)
-    return Conditioning(np.concatenate([np.full((n, 1), -1, dtype=np.int64), ids], axis=1), None,
-                        np.concatenate([text[:, None], nbrs], axis=1), texts)
+    ids, vectors = prompt_condition(text, pipe.search, pipe.edb.embeddings, strategy, k)
+    return Conditioning(ids, None, vectors, texts)
 
 
 def class_conditioning(pipe: "NeighbourHeadPipeline", class_name: str, n: int, k: int, pool: int | None,

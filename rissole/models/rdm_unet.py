@@ -66,6 +66,9 @@ class RDMUNetConfig(NeighbourConditioning):
     num_heads: int = 4
     dropout: float = 0.0
     prediction: str = "v"  # eps, v or x0 (rissole_runtime.diffusion.prediction); eps samples broken images here (README)
+    # kNN-Diffusion's mask-free manipulation (Sheynin et al., Sec. 3.1): the UNet also reads the latent of the
+    # image to edit, concatenated to z_t (rissole.heads.rdm.edit_pairs builds the training pairs)
+    edit: bool = False
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -90,7 +93,7 @@ class RDMUNet(nn.Module):
         emb_dim = 4 * C
         self.time_embed = nn.Sequential(nn.Linear(C, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.context = NeighbourContext(cfg.context_tokens, cfg.context_token_dim, D)
-        self.conv_in = nn.Conv2d(c, C, 3, padding=1)
+        self.conv_in = nn.Conv2d(2 * c if cfg.edit else c, C, 3, padding=1)
 
         def block(ch: int, ds: int) -> list[nn.Module]:
             return [SpatialTransformer(ch, D, cfg.num_heads, cfg.dropout)] if ds in cfg.attention_resolutions else []
@@ -133,11 +136,15 @@ class RDMUNet(nn.Module):
                 h = layer(h)
         return h
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
-        """x (B, c, h, w) noisy latents; t (B,); neighbours (B, k, d) embeddings (any k; zeros = unconditional)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, neighbours: torch.Tensor,
+                source: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, c, h, w) noisy latents; t (B,); neighbours (B, k, d) embeddings (any k; zeros = unconditional);
+        source (B, c, h, w) scaled latents of the image to edit (model.edit only)."""
+        if self.config.edit != (source is not None):
+            raise ValueError("an edit model (model.edit) needs the source latent, other models take none")
         emb = self.time_embed(timestep_embedding(t, self.config.model_channels))
         context = self.context(neighbours)
-        h = self.conv_in(x)
+        h = self.conv_in(x if source is None else torch.cat([x, source], dim=1))
         hs = [h]
         for layers in self.down:
             h = self._run(layers, h, emb, context)

@@ -25,20 +25,10 @@ from rissole_runtime.fileio import atomic_path, write_json_atomic
 from rissole_runtime.retrieval.database import BlockDatabase
 from rissole_runtime.retrieval.tables import (  # noqa: F401 - re-exported: the reader lives in the runtime
     TABLE_DIR, NeighbourTable, list_tables, open_table, table_paths)
+from rissole_runtime.retrieval.search import drop_self  # noqa: F401 - re-exported (shared with the runtime)
 from rissole.retrieval.keys import KeySet, latent_keys
 from rissole.retrieval.searchers import make_searcher
 from rissole.retrieval.searchers.base import Searcher
-
-
-def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """From k+1 results per row, remove the query's own id (or the worst result if it is absent)."""
-    drop = ids == self_ids[:, None]
-    first = np.argmax(drop, axis=1)
-    found = drop.any(axis=1)
-    col = np.where(found, first, ids.shape[1] - 1)
-    keep = np.ones_like(ids, dtype=bool)
-    keep[np.arange(len(ids)), col] = False
-    return ids[keep].reshape(len(ids), -1)[:, :k], scores[keep].reshape(len(ids), -1)[:, :k]
 
 
 class Sharding(Protocol):

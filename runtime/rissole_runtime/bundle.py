@@ -7,7 +7,9 @@
       decoder.onnx         unscaled latents -> images in [-1, 1]
       proposal.npy         p_D (float64, one entry per database row; uniform without a train table)
       db/                  a rissole block database (blocks.npy memmap + manifest.json) with the
-                           `database` neighbour table (k columns) in db/neighbours/
+                           `database` neighbour table (k columns; k + 1 for kNN-Diffusion) in db/neighbours/
+      text_encoder.onnx    optional (rdm in a text-image space): input_ids, attention_mask -> unit embedding,
+      tokenizer.json       with its Hugging Face fast-tokenizer file, for `rissole-run --prompt`
 
 Three kinds (manifest["model"]["kind"]) share this layout:
 
@@ -52,6 +54,8 @@ DECODER = "decoder.onnx"
 PROPOSAL = "proposal.npy"
 DB_DIR = "db"
 TABLE = "database"
+TEXT_ENCODER = "text_encoder.onnx"  # rdm bundles in a text-image space: prompt -> embedding (rissole_runtime.text)
+TOKENIZER = "tokenizer.json"
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ MANIFEST_SCHEMA = {
 MODEL_SCHEMA = {
     "kind": Field(STR, required=False), "grid": Field(INT, min=1), "num_blocks": Field(INT, min=1),
     "k": Field(INT, min=0), "latent_shape": SHAPE, "block_shape": SHAPE, "retrieval": Field(BOOL),
-    "position": Field(BOOL),
+    "position": Field(BOOL), "own_embedding": Field(BOOL, required=False),
 }
 SECTION_SCHEMAS = {
     "database": {"rows": Field(INT, min=1), "dtype": Field(STR), "sha256": Field(STR)},
@@ -92,6 +96,7 @@ SECTION_SCHEMAS = {
     "sampler": {"num_steps": Field(INT, min=1)},
     "decoder": {"inputs": Field(DICT)},
 }
+TEXT_SCHEMA = {"file": Field(STR), "tokenizer": Field(STR), "max_tokens": Field(INT, min=1)}
 FILE_SCHEMA = {"bytes": Field(INT, min=0), "sha256": Field(STR)}
 
 
@@ -137,6 +142,22 @@ class Bundle:
     @property
     def retrieval(self) -> bool:
         return bool(self.model["retrieval"])
+
+    @property
+    def own_embedding(self) -> bool:
+        """kNN-Diffusion: the model conditions on a query embedding (a database row's, or a prompt's) plus its k
+        nearest database rows, 1 + k vectors."""
+        return bool(self.model.get("own_embedding", False))
+
+    @property
+    def table_k(self) -> int:
+        """Columns of the shipped `database` table: k, and one more for kNN-Diffusion (the row lists itself)."""
+        return self.k + int(self.own_embedding)
+
+    @property
+    def text_encoder(self) -> dict[str, Any] | None:
+        """The manifest's text_encoder section, or None for a bundle without one."""
+        return self.manifest.get("text_encoder")
 
     @property
     def position(self) -> bool:
@@ -196,6 +217,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
     check_schema(manifest["model"], MODEL_SCHEMA, mpath, "model", fix=FIX)
     for section, schema in SECTION_SCHEMAS.items():
         check_schema(manifest[section], schema, mpath, section, fix=FIX)
+    if manifest.get("text_encoder") is not None:
+        check_schema(manifest["text_encoder"], TEXT_SCHEMA, mpath, "text_encoder", fix=FIX)
+        for key in ("file", "tokenizer"):
+            if manifest["text_encoder"][key] not in manifest["files"]:
+                raise _fail(mpath, f"text_encoder.{key} {manifest['text_encoder'][key]!r} is not among its files.")
     for rel, info in manifest["files"].items():
         member(path, rel, f"{mpath} (files)")
         check_schema(info, FILE_SCHEMA, mpath, f"files.{rel}", fix=FIX)
@@ -276,9 +302,10 @@ def open_bundle(path: str | os.PathLike, verify: bool = False, progress: bool = 
     ids = None
     if manifest["model"]["retrieval"]:
         table = open_table(db, TABLE)
-        if table.ids.shape != (rows, int(manifest["model"]["k"])):
+        want_k = int(manifest["model"]["k"]) + int(bool(manifest["model"].get("own_embedding", False)))
+        if table.ids.shape != (rows, want_k):
             raise _fail(db.path / "neighbours", f"table {TABLE!r} is {list(table.ids.shape)}, expected "
-                                                f"{[rows, manifest['model']['k']]} (rows, k).")
+                                                f"{[rows, want_k]} (rows, k{' + 1' if want_k > manifest['model']['k'] else ''}).")
         ids = table.ids
     proposal = np.load(member(path, PROPOSAL), mmap_mode="r")
     if proposal.shape != (rows,) or proposal.dtype != np.float64:

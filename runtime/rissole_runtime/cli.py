@@ -9,6 +9,7 @@ import time
 from rissole_runtime import argtypes as at
 from rissole_runtime.diffusion.solvers import SAMPLERS
 from rissole_runtime.errors import ConfigError, run_command
+from rissole_runtime.prompts import STRATEGIES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "default: the manifest's)")
     p.add_argument("--temperature", type=at.TEMPERATURE, default=None, help="RARM: sampling temperature in [0.001, 100] "
                                                                             "(default: the manifest's)")
+    p.add_argument("--prompt", nargs="+", default=None, metavar="TEXT",
+                   help="RDM / kNN-Diffusion bundles with a text encoder: condition on this text instead of "
+                        "pseudo-queries (several prompts cycle over the images), searching the bundle's database")
+    p.add_argument("--strategy", choices=STRATEGIES, default=None,
+                   help="how --prompt conditions, as in `rissole sample`: neighbours (the text's nearest image "
+                        "embeddings; RDM's default), text+neighbours (the text and its nearest images; "
+                        "kNN-Diffusion's default), text (the text embedding alone)")
     p.add_argument("--out", default="grid.png", help="PNG grid to write")
     p.add_argument("--npy", default=None, help="also save the uint8 images (n, C, H, W) as .npy")
     p.add_argument("--seed", type=at.seed, default=0, help="seed of the pseudo-queries and the noise (RARM: the draws)")
@@ -63,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"bundle {bundle.path}: {bundle.kind}, grid {bundle.grid}, k {bundle.k}, {bundle.db.rows} rows "
           f"({'verified' if args.verify else 'sizes checked'}); provider {edge.provider}")
     recorded = bundle.manifest["sampler"]
+    if args.strategy is not None and not args.prompt:
+        raise ConfigError(f"--strategy {args.strategy}: a strategy says how a --prompt conditions; give --prompt.")
+    if args.prompt is not None and not all(t.strip() for t in args.prompt):
+        raise ConfigError("--prompt: empty text; give at least one non-empty prompt.")
+    if args.prompt and (not bundle.kind_info.diffusion or bundle.text_encoder is None):
+        edge.text_encoder()  # the clear error: no text encoder in this bundle
     guidance = bundle.manifest["guidance"] if args.guidance is None else args.guidance
     top_m = bundle.manifest["top_m"] if args.top_m is None else args.top_m
     chunks = sum(-(-min(BATCH, args.n - s) // bundle.max_samples) for s in range(0, args.n, BATCH))
@@ -91,8 +105,11 @@ def run(args: argparse.Namespace) -> int:
         what = f"{kind}-{calls}"
 
         def generate(sl: slice, seed: int) -> np.ndarray:
+            prompts = None if not args.prompt else [args.prompt[(sl.start + i) % len(args.prompt)]
+                                                    for i in range(len(args.prompt))]  # cycled over all n images
             return edge.generate(sl.stop - sl.start, steps, seed, top_m, guidance, args.eta,
-                                 progress=lambda i: bar.update(1), sampler=kind)[0]
+                                 progress=lambda i: bar.update(1), sampler=kind, prompts=prompts,
+                                 strategy=args.strategy)[0]
         bar = progress_bar(calls * chunks, "denoise", "step", args.quiet)
     with bar, npy_store(args.npy, args.n) as store:
         images = generate_in_batches(args.n, args.seed, generate, store)
@@ -101,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.out} shows the first {len(images)} of {args.n} images" +
               (f"; {args.npy} holds all" if args.npy else "; pass --npy to keep all"))
     tm = edge.timings
-    print(f"wrote {args.out}: {args.n} images, {what}, guidance {guidance}, top-m {top_m}; sampling networks "
+    cond = f"prompt {args.prompt[0]!r}{' ...' if len(args.prompt) > 1 else ''}" if args.prompt else f"top-m {top_m}"
+    print(f"wrote {args.out}: {args.n} images, {what}, guidance {guidance}, {cond}; sampling networks "
           f"{tm.network_s:.2f} s ({tm.network_calls} calls), decode {tm.decode_s:.2f} s, total "
           f"{time.perf_counter() - t0:.2f} s")
     return 0

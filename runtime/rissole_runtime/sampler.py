@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -26,13 +26,17 @@ from rissole_runtime.diffusion.loop import denoise
 from rissole_runtime.diffusion.noise import NoiseSource
 from rissole_runtime.diffusion.schedule import AffineSampler
 from rissole_runtime.diffusion.solvers import MultistepSolver, make_sampler
-from rissole_runtime.errors import RissoleError
+from rissole_runtime.errors import ConfigError, RissoleError
 from rissole_runtime.retrieval.blocks import merge_blocks
 from rissole_runtime.retrieval.database import gather_neighbours
 from rissole_runtime.retrieval.proposal import PseudoQuerySampler
+from rissole_runtime.retrieval.search import own_neighbour_ids
 from rissole_runtime.bundle import DECODER, DENOISER, Bundle
 from rissole_runtime.validate import check_finite
 from rissole_runtime.session import check_inputs, open_session, providers_for, used_provider
+
+if TYPE_CHECKING:
+    from rissole_runtime.text import TextEncoder
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -57,6 +61,7 @@ class BundleSampler:
         self.decoder = self.session(DECODER, "decoder")
         self.provider = used_provider(self.decoder)
         self.timings = Timings()
+        self._text: TextEncoder | None = None
 
     def session(self, name: str, section: str):  # noqa: ANN201 - an onnxruntime.InferenceSession
         """An ONNX session on the bundle's file `name`, its inputs checked against manifest[section]."""
@@ -74,8 +79,37 @@ class BundleSampler:
         rdm, rarm: the k neighbours' unit embeddings as the one block's conditioning (n, 1, k, d), unscaled."""
         ids = np.asarray(self.bundle.neighbour_ids[np.asarray(rows)])
         if self.bundle.kind_info.embedding_database:
-            return self.bundle.db.vectors(ids[:, : self.bundle.k])[:, None]
+            if self.bundle.own_embedding:  # kNN-Diffusion: the row itself, then its k nearest others
+                ids = own_neighbour_ids(rows, ids, np.zeros(ids.shape, np.float32), self.bundle.k)
+            return self.bundle.db.vectors(ids[:, : self.bundle.table_k])[:, None]
         return gather_neighbours(self.bundle.db, ids, self.bundle.k) * np.float32(self.bundle.scale_factor)
+
+    def prompt_neighbours(self, prompts: list[str], n: int, strategy: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (n, m) with TEXT_ID for the text, conditioning (n, 1, m, d)) of prompts cycled over n samples: the
+        bundle's text encoder, exact search over the memmapped embeddings, the strategy of `rissole sample`
+        (rissole_runtime.prompts; default: the model's)."""
+        from rissole_runtime.prompts import default_strategy, prompt_condition
+        from rissole_runtime.retrieval.search import exact_search
+
+        text = self.text_encoder().embed(list(prompts))[np.arange(n) % len(prompts)]
+        db = self.bundle.db
+        ids, vectors = prompt_condition(text, lambda q, j: exact_search(q, db.vector_chunks(), j)[0], db.vectors,
+                                        strategy or default_strategy(self.bundle.own_embedding), self.bundle.table_k)
+        return ids, vectors[:, None]
+
+    def text_encoder(self) -> "TextEncoder":
+        """The bundle's text encoder (opened on first use); a clear error for a bundle without one."""
+        if self._text is None:
+            from rissole_runtime.text import TextEncoder, Tokenizer
+
+            te = self.bundle.text_encoder
+            if te is None or not self.bundle.kind_info.embedding_database:
+                raise ConfigError(f"{self.bundle.path}: this bundle has no text encoder, so --prompt cannot be embedded. "
+                                  "rissole-export adds text_encoder.onnx to RDM and kNN-Diffusion bundles of models trained "
+                                  "on a text-image embedding (joint or clip:PATH; e.g. checkpoints/knn-stickers-joint).")
+            tok = Tokenizer(self.bundle.file(te["tokenizer"]), int(te["max_tokens"]))
+            self._text = TextEncoder(self.session(te["file"], "text_encoder"), tok, self.bundle.db.dim)
+        return self._text
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """uint8 images (n, C, H, W) from unscaled latents, max_samples at a time."""
@@ -160,11 +194,15 @@ class EdgeSampler(BundleSampler):
         return sampler
 
     def generate(self, n: int, steps: int = 50, seed: int = 0, top_m: float = 1.0, guidance: float = 1.0,
-                 eta: float = 0.0, progress: Callable[[int], None] | None = None,
-                 sampler: str = "ddim") -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 images (n, C, H, W), pseudo-query rows (n,)): either kind, one path."""
-        rows = self.pseudo_queries(n, top_m, seed)
-        nb = self.neighbours(rows) if self.bundle.retrieval else None
+                 eta: float = 0.0, progress: Callable[[int], None] | None = None, sampler: str = "ddim",
+                 prompts: list[str] | None = None, strategy: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 images (n, C, H, W), pseudo-query rows (n,), or with prompts the conditioning ids (n, m)):
+        either kind, one path."""
+        if prompts:
+            rows, nb = self.prompt_neighbours(prompts, n, strategy)
+        else:
+            rows = self.pseudo_queries(n, top_m, seed)
+            nb = self.neighbours(rows) if self.bundle.retrieval else None
         lat = self.sample_latents(nb, self.initial_noise(n, seed), self.sampler(steps, eta, sampler), guidance, seed,
                                   progress)
         return self.decode(lat), rows

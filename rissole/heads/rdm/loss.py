@@ -17,9 +17,11 @@ class RDMLoss:
         self.noising = ForwardNoising(schedule)
         self.cond_dropout = cond_dropout
 
-    def __call__(self, model: RDMUNet, x0: torch.Tensor, neighbours: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """x0 (B, c, h, w) scaled latents; neighbours (B, k, d) embeddings -> mean squared error."""
+    def __call__(self, model: RDMUNet, x0: torch.Tensor, neighbours: torch.Tensor, generator: torch.Generator,
+                 source: torch.Tensor | None = None) -> torch.Tensor:
+        """x0 (B, c, h, w) scaled latents; neighbours (B, k, d) embeddings -> mean squared error. An edit model
+        also reads `source` (B, c, h, w), the manipulated latents, which dropout never removes."""
         xt, t, target = self.noising(x0, model.config.prediction, generator)
         drop = (distributed.rand(x0.shape[0], generator) < self.cond_dropout).to(x0.device)
-        pred = model(xt, t, neighbours.masked_fill(drop.view(-1, 1, 1), 0.0))
+        pred = model(xt, t, neighbours.masked_fill(drop.view(-1, 1, 1), 0.0), source)
         return ((pred - target) ** 2).mean()

@@ -34,7 +34,8 @@ def synthetic_loss(model: RDMUNet, images: int, generator: torch.Generator) -> t
     dev = next(model.parameters()).device
     x0 = torch.randn((images, cfg.latent_channels, cfg.latent_size, cfg.latent_size), generator=generator).to(dev)
     nb = torch.randn((images, cfg.vectors, cfg.context_tokens * cfg.context_token_dim), generator=generator).to(dev)
-    return RDMLoss(NoiseSchedule(), 0.1)(model, x0, nb, generator)
+    source = torch.randn(x0.shape, generator=generator).to(dev) if cfg.edit else None
+    return RDMLoss(NoiseSchedule(), 0.1)(model, x0, nb, generator, source)
 
 
 class NeighbourHeadTrainer(HeadTrainer):
@@ -73,12 +74,22 @@ class RDMTrainer(NeighbourHeadTrainer):
         self.schedule = NoiseSchedule.from_dict(config.get("diffusion", {}))
         config["diffusion"] = self.schedule.to_dict()
         self.loss_fn = RDMLoss(self.schedule, self.tc["cond_dropout"])
+        self.pairs = None
+        if mc.edit:
+            from rissole.heads.rdm.edit_pairs import EditPairs
+
+            self.pairs = EditPairs(self.batcher, config["data"])
 
     def on_resume(self, ckpt: Checkpoint) -> None:
         self.config["scale_factor"] = ckpt.config["scale_factor"]
         self.scale = float(ckpt.config["scale_factor"])
 
     def loss(self, ids: np.ndarray) -> torch.Tensor:
+        if self.pairs is not None:  # kNN-Diffusion's manipulation pairs: restore the original from the edited one
+            x0, source, emb = self.pairs.batch(ids, self.gen)
+            scale = np.float32(self.scale)
+            return self.loss_fn(self.model, torch.from_numpy(x0 * scale).to(self.device), emb.to(self.device), self.gen,
+                                torch.from_numpy(source * scale).to(self.device))
         x0 = torch.from_numpy(self.batcher.latents(ids) * np.float32(self.scale)).to(self.device)
         return self.loss_fn(self.model, x0, self.batcher.neighbours(ids).to(self.device), self.gen)
 

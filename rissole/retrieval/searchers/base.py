@@ -24,23 +24,9 @@ import numpy as np
 from rissole_runtime.errors import DataError
 from rissole_runtime.fileio import INDEX, atomic_dir
 from rissole.retrieval.keys import KeySet, normalise
+from rissole_runtime.retrieval.search import select_top_k  # noqa: F401 - re-exported (one definition, shared with the runtime)
 
 SEARCHER_FILE = "searcher.json"
-
-
-def select_top_k(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best k of each row by (score descending, id ascending); -1 ids never win over real ones."""
-    scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
-    if ids.shape[1] > k:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        ids, scores = np.take_along_axis(ids, part, 1), np.take_along_axis(scores, part, 1)
-    order = np.lexsort((ids, -scores), axis=-1)
-    ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
-    if ids.shape[1] < k:
-        pad = k - ids.shape[1]
-        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
-        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-    return ids.astype(np.int64), scores
 
 
 def rescore(keys: KeySet, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

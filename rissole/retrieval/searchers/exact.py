@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from rissole.retrieval.keys import KeySet
-from rissole.retrieval.searchers.base import Searcher, select_top_k
+from rissole.retrieval.searchers.base import Searcher
+from rissole_runtime.retrieval.search import exact_search
 
 
 class ExactSearcher(Searcher):
@@ -31,19 +32,9 @@ class ExactSearcher(Searcher):
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         assert self.keys is not None
-        nq = queries.shape[0]
-        best_ids = np.full((nq, 0), -1, dtype=np.int64)
-        best_scores = np.empty((nq, 0), dtype=np.float32)
-        for s, e in self.keys.chunks(self.params["chunk_rows"]):
-            scores = (queries @ self.keys.raw_rows(s, e).T) * self.inv_norms[s:e]
-            ids = np.broadcast_to(np.arange(s, e, dtype=np.int64), scores.shape)
-            if e - s > k:
-                part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-                ids, scores = np.take_along_axis(ids, part, 1), np.take_along_axis(scores, part, 1)
-            best_ids, best_scores = select_top_k(
-                np.concatenate([best_ids, ids], 1), np.concatenate([best_scores, scores], 1), k
-            )
-        return select_top_k(best_ids, best_scores, k)
+        keys, inv = self.keys, self.inv_norms
+        chunks = ((s, keys.raw_rows(s, e), inv[s:e]) for s, e in keys.chunks(self.params["chunk_rows"]))
+        return exact_search(queries, chunks, k)
 
     def _save(self, path: Path) -> None:
         np.save(path / "inv_norms.npy", self.inv_norms)

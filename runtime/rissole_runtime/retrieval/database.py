@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -161,6 +161,34 @@ class BlockDatabase:
         flat = ids.ravel()
         rows = self.read_rows(flat, [0])[0] if self.positional_reads else np.take(self.array[0], flat, axis=0)
         return rows.astype(np.float32).reshape(*ids.shape, self.dim)
+
+    def vector_chunks(self, chunk_rows: int = 16384) -> Iterator[tuple[int, np.ndarray, None]]:
+        """(start, float32 (m, d) rows, None) of a one-block database in row order, for exact search
+        (rissole_runtime.retrieval.search.exact_search): one read per chunk, by a positional read of the
+        contiguous slab when the database was opened with positional_reads, else from the map."""
+        if self.num_blocks != 1:
+            raise DataError(f"{self.path}: only one-block (embedding) databases are searched whole, this one has "
+                            f"{self.num_blocks} blocks per row.")
+        for start in range(0, self.rows, chunk_rows):
+            stop = min(start + chunk_rows, self.rows)
+            if self.positional_reads:
+                rows = self._read_slab(start, stop)
+            else:
+                rows = np.asarray(self.array[0, start:stop])
+            yield start, rows.astype(np.float32, copy=False), None
+
+    def _read_slab(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop of block 0 by one positional read (nothing stays mapped)."""
+        d = self.array.shape[2]
+        out = np.empty((stop - start, d), dtype=self.array.dtype)
+        if self._fd is None:
+            self._fd = os.open(self.path / BLOCKS_FILE, os.O_RDONLY)
+        want = out.nbytes
+        got = os.preadv(self._fd, [memoryview(out).cast("B")], int(self.array.offset) + start * d * out.itemsize)
+        if got != want:
+            raise DataError(f"{self.path / BLOCKS_FILE}: short read of rows {start}..{stop} ({got} of {want} bytes); "
+                            "the file changed since it was opened. Re-open or rebuild the database.")
+        return out
 
     def labels(self) -> np.ndarray | None:
         name = self.manifest.get("labels")
