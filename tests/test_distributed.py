@@ -20,6 +20,9 @@ from neighbour_data import build_neighbour_data, rdm_config
 from rissole_runtime.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
+# --standalone: torchrun's rendezvous binds a free port itself (a port picked here and closed again could be
+# taken by another process before torchrun binds it)
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")
 
 
 def free_port() -> int:
@@ -140,8 +143,7 @@ def test_torchrun_drives_rissole_train(nd: dict[str, Any], tmp_path: Path) -> No
     cfg = rdm_cfg(nd, steps=2)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                        str(free_port()), "-m", "rissole", "train", "--config", str(tmp_path / "c.yaml"), "--out",
+    r = subprocess.run([*TORCHRUN, "--nproc_per_node=2", "-m", "rissole", "train", "--config", str(tmp_path / "c.yaml"), "--out",
                         str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert r.returncode == 0, child_error(r.stderr)
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
@@ -153,8 +155,7 @@ def test_sharded_encode_embed_and_tables_equal_one_process_byte_for_byte(tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def rissole(*argv: str, ranks: int = 1) -> None:
-        launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_port",
-                  str(free_port()), "-m", "rissole"] if ranks > 1 else [sys.executable, "-m", "rissole"]
+        launch = [*TORCHRUN, f"--nproc_per_node={ranks}", "-m", "rissole"] if ranks > 1 else [sys.executable, "-m", "rissole"]
         r = subprocess.run([*launch, *argv], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
         assert r.returncode == 0, child_error(r.stderr)
 
