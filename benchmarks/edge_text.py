@@ -87,6 +87,29 @@ def main() -> int:
                                    "text_encoder_s": med["text_encoder"], "text_encoder_and_search_s": med["text_and_search"],
                                    "sampler": "dpmpp2m-15, guidance 2"}
         print(f"latency n={n}: {res['latency'][f'n{n}']}", flush=True)
+    # --text-int8: the same bundle with an int8 text encoder; does retrieval change on held-out captions?
+    from benchmarks.knn_diffusion import sticker_split
+
+    b8 = work / "bundle-text-int8"
+    write_bundle(args.ckpt, b8, opts=ExportOptions(overwrite=True, progress=False, sampler="dpmpp2m", steps=15,
+                                                   guidance=2.0, text_int8=True))
+    e8 = EdgeSampler(open_bundle(b8), "cpu", args.threads)
+    captions = sticker_split("val")[1]
+    k = edge.bundle.k
+    ids32 = edge.prompt_neighbours(captions, len(captions), "neighbours")[0]
+    ids8 = e8.prompt_neighbours(captions, len(captions), "neighbours")[0]
+    overlap = float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(ids32, ids8)]))
+    v32, v8 = edge.text_encoder().embed(captions), e8.text_encoder().embed(captions)
+    a8 = e8.generate(16, 15, 0, guidance=2.0, sampler="dpmpp2m", prompts=PROMPTS)[0]
+    a32 = edge.generate(16, 15, 0, guidance=2.0, sampler="dpmpp2m", prompts=PROMPTS)[0]
+    res["text_int8"] = {"text_encoder_mb": (b8 / te["file"]).stat().st_size / 2**20,
+                        "bundle_mb_without_index": bundle_size(b8) / 2**20,
+                        "captions": len(captions), "neighbours_overlap_at_k": overlap, "k": k + 1,
+                        "min_cosine_to_fp32": float((v32 * v8).sum(1).min()),
+                        "mean_cosine_to_fp32": float((v32 * v8).sum(1).mean()),
+                        "max_abs_pixel_diff_vs_fp32_16_images": int(np.abs(a8.astype(int) - a32.astype(int)).max()),
+                        "share_images_identical": float(np.mean([(x == y).all() for x, y in zip(a8, a32)]))}
+    print(f"text int8: {res['text_int8']}", flush=True)
     mb, line = peak_rss_mb(bundle, 16, args.threads, extra=("--prompt", *PROMPTS))
     res["peak_rss_mb_16_images_prompt"] = mb
     res["runtime_line"] = line

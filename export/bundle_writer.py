@@ -57,6 +57,7 @@ class ExportOptions:
     int8: bool = False  # diffusion kinds: int8 denoiser, static quantization calibrated on database rows
     int8_calibration_rows: int = 256
     text_encoder: bool = True  # rdm in a text-image space: ship the text tower (rissole_export.text_encoder)
+    text_int8: bool = False  # ... with int8 MatMul weights (about 4x smaller)
     link: bool = True  # hard-link blocks.npy when on the same file system (copy otherwise)
     parity_samples: int = 4
     seed: int = 0
@@ -208,7 +209,7 @@ def _text_encoder(src: ExportSource, out: Path, opts: ExportOptions) -> dict[str
 
     if src.kind != "rdm" or not has_text_tower(src.model["embedding"]["embedder"]) or not opts.text_encoder:
         return None
-    return export_text_encoder(src.pipe, out, opts.opset, opts.report)
+    return export_text_encoder(src.pipe, out, opts.opset, opts.report, opts.text_int8)
 
 
 def _file_entry(path: Path, role: str, sha: str | None = None) -> dict[str, Any]:

@@ -123,6 +123,9 @@ def rdm_source(pipe: Any) -> ExportSource:
     from rissole.embeddings.store import KEY_MODE
 
     cfg = pipe.model.config
+    if cfg.edit:
+        raise ConfigError(f"{pipe.path}: an edit model (model.edit) reads the image to edit beside z_t and does not "
+                          "export; edit on the desktop with `rissole edit`.")
     schedule = pipe.schedule
     graph = RDMEpsGraph(pipe.model.float().eval(), schedule).eval()
     shape = [cfg.latent_channels, cfg.latent_size, cfg.latent_size]

@@ -298,6 +298,10 @@ def test_edit_model_trains_on_pairs_and_edits_an_image(edit: dict[str, Any], joi
     assert out.shape == (2, 1, 32, 32) and out.dtype == np.uint8
     with pytest.raises(ConfigError, match="rissole edit"):
         pipe.sample(2, SamplingOptions(steps=2))
+    from rissole_export.sources import rdm_source
+
+    with pytest.raises(ConfigError, match="does not export"):
+        rdm_source(pipe)
     bad = dict(edit["config"], data={**edit["config"]["data"], "db": str(joint["dir"] / "db_b")})
     with pytest.raises(DataError, match="same-set"):
         train_rdm(bad, tmp_path / "bad", progress=False)
@@ -378,3 +382,18 @@ def test_knn_model_refuses_an_index_of_another_embedder(knn: dict[str, Any], joi
     build_embedding_database(tmp_path / "v.npy", tmp_path / "db_vq", progress=False)
     with pytest.raises(DataError, match="vq embeddings"):
         load_pipeline(joint["dir"] / "run_knn" / "final", database=tmp_path / "db_vq", device="cpu")
+
+
+def test_text_int8_bundle_is_smaller_and_checked(knn_bundle: dict[str, Any], tmp_path: Path) -> None:
+    from rissole_export.bundle_writer import ExportOptions, write_bundle
+    from rissole_export.text_encoder import MIN_INT8_COSINE
+    from rissole_runtime.bundle import open_bundle
+    from rissole_runtime.sampler import EdgeSampler
+
+    m = write_bundle(knn_bundle["ckpt"], tmp_path / "b8", opts=ExportOptions(max_samples=4, progress=False, text_int8=True))
+    te = m["text_encoder"]
+    assert te["precision"].startswith("int8") and te["min_cosine_vs_pytorch"] >= MIN_INT8_COSINE
+    assert te["bytes_int8"] < te["bytes_fp32"] / 3
+    v8 = EdgeSampler(open_bundle(tmp_path / "b8"), "cpu", 1).text_encoder().embed(list(PROMPTS))
+    v32 = EdgeSampler(open_bundle(knn_bundle["bundle"]), "cpu", 1).text_encoder().embed(list(PROMPTS))
+    assert (v8 * v32).sum(1).min() >= MIN_INT8_COSINE
