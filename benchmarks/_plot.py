@@ -76,3 +76,16 @@ def save_panels(panels: list[Panel], path: str | Path, width: int = 560, height:
                 draw.ellipse([X(x) - 3, Y(y) - 3, X(x) + 3, Y(y) + 3], fill=c)
             draw.text((x0 + 8, y1 - 8 - 15 * (len(p.series) - j)), name, fill=c, font=small)
     img.save(path)
+
+
+def labelled_image_rows(rows: list[tuple[str, "np.ndarray"]], path: str | Path, label_width: int = 200) -> Path:
+    """One PNG of image rows, each (label, uint8 (m, C, H, W)), grey rows shown as RGB and shorter rows
+    padded with white: the benchmarks' sample figures."""
+    import numpy as np
+
+    from rissole_runtime.images import labelled_rows, save_png
+
+    width = max(len(im) for _, im in rows)
+    rgb = [im if im.shape[1] == 3 else np.repeat(im, 3, 1) for _, im in rows]
+    grid = np.stack([np.concatenate([im, np.full((width - len(im), *im.shape[1:]), 255, np.uint8)]) for im in rgb])
+    return save_png(labelled_rows(grid, [t for t, _ in rows], scale=2, label_width=label_width), path)

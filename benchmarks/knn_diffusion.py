@@ -53,9 +53,9 @@ PROMPTS = ("a cat", "a red heart", "a car", "a tree", "a house", "a star", "a fi
 def sticker_split(split: str) -> tuple[np.ndarray, list[str], list[str]]:
     """uint8 images, captions and groups of a sticker split (runs/stickers32, built on first use)."""
     from rissole.data import load_source
-    from rissole.paths import STICKERS, ensure_text_databases
+    from rissole.paths import STICKERS, ensure_knn_database
 
-    ensure_text_databases()
+    ensure_knn_database()  # renders the stickers on first use
     src = load_source(f"folder:{STICKERS}:{split}", size=32, channels=3)
     records = src.records or []
     return src.images, [str(r["text"]) for r in records], [str(r.get("group", "")) for r in records]
@@ -254,16 +254,10 @@ def _text(pipe: Any, caption: str) -> np.ndarray:
 
 
 def save_figures(figures: dict[str, Any]) -> list[str]:
-    from rissole_runtime.images import labelled_rows, save_png
+    from benchmarks._plot import labelled_image_rows
 
-    written = []
-    for name, rows in figures.items():
-        width = max(len(r[1]) for r in rows)
-        grid = np.stack([np.concatenate([im, np.full((width - len(im), *im.shape[1:]), 255, np.uint8)]) for _, im in rows])
-        path = RESULTS / f"{name}.png"
-        save_png(labelled_rows(grid, [t for t, _ in rows], scale=2, label_width=300), path)
-        written.append(str(path.relative_to(ROOT)))
-    return written
+    return [str(labelled_image_rows(rows, RESULTS / f"{name}.png", label_width=300).relative_to(ROOT))
+            for name, rows in figures.items()]
 
 
 def table(res: dict[str, Any]) -> str:

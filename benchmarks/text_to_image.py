@@ -183,15 +183,10 @@ def stylization(ckpt: Path, args: argparse.Namespace, figures: dict[str, Any]) -
 
 
 def save_figures(figures: dict[str, Any]) -> list[str]:
-    from rissole_runtime.images import labelled_rows, save_png
+    from benchmarks._plot import labelled_image_rows
 
-    written = []
-    for name, rows in figures.items():
-        grid = np.stack([np.asarray(images if images.shape[1] == 3 else np.repeat(images, 3, 1)) for _, images in rows])
-        path = RESULTS / f"text_{name.replace('+', '_')}.png"
-        save_png(labelled_rows(grid, [t for t, _ in rows], scale=2, label_width=200), path)
-        written.append(str(path.relative_to(ROOT)))
-    return written
+    return [str(labelled_image_rows(rows, RESULTS / f"text_{name.replace('+', '_')}.png").relative_to(ROOT))
+            for name, rows in figures.items()]
 
 
 def table(res: dict[str, Any]) -> str:
