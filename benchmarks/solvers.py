@@ -7,6 +7,8 @@
                                                             # order of the queue file (re-read after every point)
     python -m benchmarks.solvers latency --bundle B --sampler dpmpp2m --steps 15   # rissole-run, DDIM-50 vs it
     python -m benchmarks.solvers report                     # results JSON, plot, README table
+    OMP_NUM_THREADS=1 python -m benchmarks.solvers int8-fid --fp32 B --int8 B8   # FID of both bundles' runtime
+                                                            # samples, same rows and noise (-> int8_fid.json)
 
 A queue line is `MODEL SAMPLER CALLS [SPACING]`, e.g. `rissole dpmpp2m 15 trailing`; MODEL is rissole
 (checkpoints/rissole-fmnist-g2) or rdm (checkpoints/rdm-fmnist-vq). FID samples are drawn as the paper
@@ -238,6 +240,44 @@ def report() -> None:
     print("\n".join(rows))
 
 
+def int8_fid(fp32: str, int8: str, sampler: str, steps: int, n: int, seed: int) -> dict[str, Any]:
+    """FID and KID at N = n of `rissole-run`'s samples from the fp32 and the int8 bundle, batch by batch with
+    the runtime's batch seeds (rissole_runtime.batches), so both see the same pseudo-queries and noise."""
+    import numpy as np
+
+    from benchmarks._machine import machine_info
+    from rissole.metrics import evaluate
+    from rissole_runtime.batches import generate_in_batches
+    from rissole_runtime.bundle import open_bundle
+    from rissole_runtime.sampler import EdgeSampler
+
+    res: dict[str, Any] = {"benchmark": "int8_fid", "machine": machine_info(), "sampler": sampler, "steps": steps,
+                           "n": n, "seed": seed, "reference": "fmnist:test (first n)",
+                           "command": f"OMP_NUM_THREADS=1 python -m benchmarks.solvers int8-fid --fp32 {fp32} --int8 {int8} "
+                                      f"--sampler {sampler} --steps {steps} -n {n}"}
+    images = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        edge = EdgeSampler(open_bundle(path), "cpu", threads=1)
+        parts: list[np.ndarray] = []
+
+        def store(sl: slice, x: np.ndarray) -> None:
+            parts.append(x)
+
+        t0 = time.perf_counter()
+        generate_in_batches(n, seed, lambda sl, sd: edge.generate(sl.stop - sl.start, steps, sd, sampler=sampler)[0],
+                            store)
+        images[name] = np.concatenate(parts)
+        t1 = time.perf_counter()
+        m = evaluate(images[name], ref="fmnist:test", n=n, with_kid=True, progress=False)
+        res[name] = {"bundle": path, "fid": m["fid"], "kid_mean": m["kid_mean"], "sampling_s": t1 - t0,
+                     "inception_s": time.perf_counter() - t1}
+        print(f"{name}: FID {m['fid']:.2f} ({sampler}-{steps}, N = {n})", flush=True)
+    diff = np.abs(images["int8"].astype(np.int16) - images["fp32"].astype(np.int16))
+    res["fid_change"] = res["int8"]["fid"] / res["fp32"]["fid"] - 1.0
+    res["mean_abs_pixel_diff"], res["max_abs_pixel_diff"] = float(diff.mean()), int(diff.max())
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -258,11 +298,21 @@ def main() -> None:
     lt.add_argument("--int8", default=None, help="also the int8 bundle (rissole-export --int8)")
     lt.add_argument("--out", default=str(RESULTS / "solver_latency.json"))
     sub.add_parser("report", help="gather the FID points into results JSON, plot, table")
+    q = sub.add_parser("int8-fid", help="FID of the fp32 and the int8 bundle's runtime samples, same rows and noise")
+    q.add_argument("--fp32", required=True, help="fp32 bundle")
+    q.add_argument("--int8", required=True, help="int8 bundle of the same checkpoint (rissole-export --int8)")
+    q.add_argument("--sampler", default="dpmpp2m")
+    q.add_argument("--steps", type=int, default=15)
+    q.add_argument("-n", type=int, default=2000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", default=str(RESULTS / "int8_fid.json"))
     args = ap.parse_args()
     if args.cmd == "error":
         error(args.n, Path(args.out), args.models)
     elif args.cmd == "fid":
         fid(Path(args.queue), args.n, args.seed)
+    elif args.cmd == "int8-fid":
+        write_json_atomic(Path(args.out), int8_fid(args.fp32, args.int8, args.sampler, args.steps, args.n, args.seed))
     elif args.cmd == "latency":
         RUNS.mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(args.out), latency(args.bundle, args.sampler, args.steps, args.repeats, args.int8))
