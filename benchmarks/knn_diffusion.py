@@ -22,9 +22,10 @@ with PROMPTS; the 3-way domain CNN of benchmarks.text_to_image labels every samp
 
 Manipulation, on --edit-n held-out stickers:
   restore   a random box (2..5 latent cells a side) of the sticker replaced by its nearest training
-            sticker (the training task, rissole.heads.rdm.edit_pairs), prompted with the sticker's own
-            caption: mean pixel change of the edit against its input, inside vs outside the box, and the
-            error against the original inside the box before and after
+            sticker (the training task, rissole.heads.rdm.edit_pairs), conditioned on the sticker's own
+            caption (a text, as `rissole edit` is) or on the box's image embedding (as in training):
+            mean pixel change of the edit against its input, inside vs outside the box, and the error
+            against the original inside and outside the box before and after
   retarget  the sticker with the caption of a held-out sticker of another group: the group CNN's share
             for the target group before and after the edit, and the mean pixel change
 Every cell draws with the same seeds; DPM-Solver++(2M) with --steps calls, guidance --guidance.
@@ -33,6 +34,7 @@ Every cell draws with the same seeds; DPM-Solver++(2M) with --steps calls, guida
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -197,10 +199,11 @@ def manipulation(args: argparse.Namespace, figures: dict[str, Any]) -> dict[str,
     import torch
 
     from benchmarks.classifier import predict
-    from rissole.heads.pipeline import SamplingOptions
-    from rissole.heads.rdm.edit_pairs import box_mask, manipulate, random_boxes
-    from rissole.heads.registry import load_pipeline
     from rissole.data import to_model_range
+    from rissole.heads.pipeline import SamplingOptions
+    from rissole.heads.rdm.edit_pairs import area_images, box_mask, manipulate, random_boxes
+    from rissole.heads.registry import load_pipeline
+    from rissole.heads.text_conditioning import embed_prompts
     from rissole_runtime.retrieval.search import exact_search
 
     pipe = load_pipeline(args.edit, device="cpu")
@@ -209,48 +212,58 @@ def manipulation(args: argparse.Namespace, figures: dict[str, Any]) -> dict[str,
     clf, _ = group_classifier(pipe, groups)
     rng = np.random.default_rng(args.seed)
     pick = rng.choice([i for i, g in enumerate(g_val) if g in groups], size=min(args.edit_n, len(val)), replace=False)
-    opts = SamplingOptions(sampler="dpmpp2m", steps=args.steps, guidance=args.guidance, seed=args.seed)
     images = val[pick]
     with torch.no_grad():
         lat = pipe.vqgan.encode(to_model_range(images)).float().numpy()
-    # restore: replace a box by the nearest training sticker, as in training, then prompt with the own caption
-    emb = pipe.embedder().embed_images(images)
-    nn_rows = exact_search(emb, pipe.db.vector_chunks(), 1)[0][:, 0]
+    embedder = pipe.embedder()
+    # restore: a box replaced by the nearest training sticker's, as in training
+    nn_rows = exact_search(embedder.embed_images(images), pipe.db.vector_chunks(), 1)[0][:, 0]
     boxes = random_boxes(len(pick), lat.shape[-1], torch.Generator().manual_seed(args.seed))
     manip_lat = manipulate(lat, pipe.edb.latents(nn_rows), boxes)
     with torch.no_grad():
         manip = pipe.decode(torch.from_numpy(manip_lat.astype(np.float32)))
-    restored = np.concatenate([pipe.generate(np.full((1, 1), -1), opts, context=_text(pipe, captions[i]),
-                                             source=manip_lat[j : j + 1])[0] for j, i in enumerate(pick)])
     f = images.shape[-1] // lat.shape[-1]  # pixels per latent cell
     m = np.repeat(np.kron(box_mask(boxes, lat.shape[-1]), np.ones((1, 1, f, f), np.float32)), images.shape[1], axis=1) > 0.5
-    change = np.abs(restored.astype(np.float64) - manip.astype(np.float64))
-    err_before = np.abs(manip.astype(np.float64) - images.astype(np.float64))
-    err_after = np.abs(restored.astype(np.float64) - images.astype(np.float64))
-    restore = {"n": int(len(pick)), "mean_change_inside": float(change[m].mean()), "mean_change_outside": float(change[~m].mean()),
-               "error_inside_before": float(err_before[m].mean()), "error_inside_after": float(err_after[m].mean()),
-               "error_outside_before": float(err_before[~m].mean()), "error_outside_after": float(err_after[~m].mean())}
+    conditions = {"caption text": embed_prompts(pipe, [captions[i] for i in pick]),
+                  "the box's image embedding (as in training)": embedder.embed_images(area_images(images, boxes, f))}
     # retarget: the caption of a held-out sticker of another group
     others = [int(rng.choice([j for j, g in enumerate(g_val) if g in groups and g != g_val[i]])) for i in pick]
-    edited = np.concatenate([pipe.edit(images[j : j + 1], captions[o], opts) for j, o in enumerate(others)])
+    target_text = embed_prompts(pipe, [captions[o] for o in others])
     tgt = np.array([groups.index(g_val[o]) for o in others])
     before = float((predict(clf, images) == tgt).mean())
-    after = float((predict(clf, edited) == tgt).mean())
-    retarget = {"n": int(len(pick)), "target_share_before": before, "target_share_after": after,
-                "mean_pixel_change": float(np.abs(edited.astype(np.float64) - images.astype(np.float64)).mean())}
-    print(f"restore: change inside {restore['mean_change_inside']:.1f} vs outside {restore['mean_change_outside']:.1f} grey "
-          f"levels; retarget: target-group share {before:.3f} -> {after:.3f}", flush=True)
-    figures["knn_edit"] = [(f"{captions[i]} -> {captions[o]}", np.stack([images[j], edited[j]]))
-                           for j, (i, o) in enumerate(zip(pick[:8], others[:8]))]
-    figures["knn_restore"] = [(f"box replaced, prompt: {captions[i]}", np.stack([images[j], manip[j], restored[j]]))
-                              for j, i in enumerate(pick[:8])]
+    err0 = np.abs(manip.astype(np.float64) - images.astype(np.float64))
+    restore, retarget = [], []
+    for guidance in args.edit_guidance:
+        opts = SamplingOptions(sampler="dpmpp2m", steps=args.steps, guidance=guidance, seed=args.seed)
+        for cond, ctx in conditions.items():
+            out = pipe.generate(np.full((len(pick), 1), -1), opts, context=ctx[:, None], source=manip_lat)[0]
+            change = np.abs(out.astype(np.float64) - manip.astype(np.float64))
+            err = np.abs(out.astype(np.float64) - images.astype(np.float64))
+            restore.append({"condition": cond, "guidance": guidance, "n": int(len(pick)),
+                            "mean_change_inside": float(change[m].mean()), "mean_change_outside": float(change[~m].mean()),
+                            "error_inside_before": float(err0[m].mean()), "error_inside_after": float(err[m].mean()),
+                            "error_outside_before": float(err0[~m].mean()), "error_outside_after": float(err[~m].mean())})
+            r = restore[-1]
+            print(f"restore, {cond}, guidance {guidance}: change inside {r['mean_change_inside']:.1f} vs outside "
+                  f"{r['mean_change_outside']:.1f}; error inside {r['error_inside_before']:.1f} -> {r['error_inside_after']:.1f}",
+                  flush=True)
+            if cond == "caption text" and guidance == args.edit_guidance[0]:
+                figures["knn_restore"] = [(f"box replaced; prompt: {captions[i]}", np.stack([images[j], manip[j], out[j]]))
+                                          for j, i in enumerate(pick[:8])]
+        with torch.no_grad():  # rissole edit: the image's own latent, the target caption's text embedding
+            edited = pipe.generate(np.full((len(pick), 1), -1), opts, context=target_text[:, None], source=lat)[0]
+        recon = pipe.decode(torch.from_numpy(lat.astype(np.float32)))
+        retarget.append({"guidance": guidance, "n": int(len(pick)), "target_share_before": before,
+                         "target_share_after": float((predict(clf, edited) == tgt).mean()),
+                         "mean_pixel_change_vs_input": float(np.abs(edited.astype(np.float64) - images.astype(np.float64)).mean()),
+                         "mean_pixel_change_vs_vq_reconstruction": float(np.abs(edited.astype(np.float64)
+                                                                                - recon.astype(np.float64)).mean())})
+        print(f"retarget, guidance {guidance}: target-group share {before:.3f} -> {retarget[-1]['target_share_after']:.3f}",
+              flush=True)
+        if guidance == args.edit_guidance[0]:
+            figures["knn_edit"] = [(f"{captions[i]} -> {captions[o]}", np.stack([images[j], edited[j]]))
+                                   for j, (i, o) in enumerate(zip(pick[:8], others[:8]))]
     return {"restore": restore, "retarget": retarget, "checkpoint": str(args.edit)}
-
-
-def _text(pipe: Any, caption: str) -> np.ndarray:
-    from rissole.heads.text_conditioning import embed_prompts
-
-    return embed_prompts(pipe, [caption])[:, None]
 
 
 def save_figures(figures: dict[str, Any]) -> list[str]:
@@ -276,12 +289,16 @@ def table(res: dict[str, Any]) -> str:
             sh = c["style_share"]
             lines.append(f"| {c['index']} | {c['rows']:,} | {sh['emoji']:.1%} | {sh['tuxpaint']:.1%} | {sh['fmnist']:.1%} |")
     if "manipulation" in res:
-        r, g = res["manipulation"]["restore"], res["manipulation"]["retarget"]
-        lines += ["", f"Manipulation, {r['n']} held-out stickers: restore: mean change inside the box {r['mean_change_inside']:.1f}, "
-                      f"outside {r['mean_change_outside']:.1f} grey levels; error inside {r['error_inside_before']:.1f} -> "
-                      f"{r['error_inside_after']:.1f}, outside {r['error_outside_before']:.1f} -> {r['error_outside_after']:.1f}. "
-                      f"Retarget: target-group share {g['target_share_before']:.1%} -> {g['target_share_after']:.1%}, "
-                      f"mean pixel change {g['mean_pixel_change']:.1f}."]
+        lines += ["", "| restore: condition | guidance | change inside the box | outside | error inside, before -> after | "
+                      "outside, before -> after |", "|---|---:|---:|---:|---|---|"]
+        for r in res["manipulation"]["restore"]:
+            lines.append(f"| {r['condition']} | {r['guidance']} | {r['mean_change_inside']:.1f} | {r['mean_change_outside']:.1f} | "
+                         f"{r['error_inside_before']:.1f} -> {r['error_inside_after']:.1f} | "
+                         f"{r['error_outside_before']:.1f} -> {r['error_outside_after']:.1f} |")
+        lines += ["", "| retarget: guidance | target-group share before -> after | mean change vs input |", "|---:|---|---:|"]
+        for g in res["manipulation"]["retarget"]:
+            lines.append(f"| {g['guidance']} | {g['target_share_before']:.1%} -> {g['target_share_after']:.1%} | "
+                         f"{g['mean_pixel_change_vs_input']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -298,23 +315,30 @@ def main() -> None:
     ap.add_argument("--per-caption", type=int, default=2, help="samples per held-out caption")
     ap.add_argument("--per-prompt", type=int, default=8, help="samples per index-swap prompt")
     ap.add_argument("--edit-n", type=int, default=64, help="held-out stickers to edit")
+    ap.add_argument("--edit-guidance", type=float, nargs="+", default=[1.0, 2.0], help="guidance scales of the edits")
     ap.add_argument("--steps", type=int, default=15, help="DPM-Solver++(2M) network calls")
     ap.add_argument("--guidance", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--skip", nargs="*", default=[], choices=("swap", "edit"), help="parts to leave out")
+    ap.add_argument("--skip", nargs="*", default=[], choices=("t2i", "swap", "edit"),
+                    help="parts to leave out (their figures are kept from the --out of the last run)")
     ap.add_argument("--out", default=str(RESULTS / "knn_diffusion.json"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     t0 = time.perf_counter()
     figures: dict[str, Any] = {}
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     res: dict[str, Any] = {"benchmark": "knn_diffusion", "machine": machine_info(), "args": vars(args),
-                           "command": "python -m benchmarks.knn_diffusion " + " ".join(sys.argv[1:]),
-                           "text_to_image": text_to_image(args, figures)}
-    if "swap" not in args.skip:
-        res["index_swap"] = index_swap(args, figures)
-    if "edit" not in args.skip and args.edit:
-        res["manipulation"] = manipulation(args, figures)
-    res["figures"] = save_figures(figures)
+                           "command": "python -m benchmarks.knn_diffusion " + " ".join(sys.argv[1:])}
+    parts = {"t2i": ("text_to_image", lambda: text_to_image(args, figures)),
+             "swap": ("index_swap", lambda: index_swap(args, figures)),
+             "edit": ("manipulation", lambda: manipulation(args, figures) if args.edit else None)}
+    for flag, (key, run) in parts.items():
+        if flag not in args.skip:
+            res[key] = run()
+        elif key in previous:  # a part left out keeps its figures from the last run (--out)
+            res[key] = {**previous[key], "from_previous_run": previous.get("machine", {}).get("date_utc")}
+    res = {k: v for k, v in res.items() if v is not None}
+    res["figures"] = sorted(set(save_figures(figures)) | set(previous.get("figures", [])))
     res["wall_s"] = time.perf_counter() - t0
     write_json_atomic(Path(args.out), res)
     write_text_atomic(Path(args.out).with_suffix(".md"), table(res))

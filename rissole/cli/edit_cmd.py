@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--compare", default=None, metavar="PNG", help="also write the input beside its edits, enlarged")
     e.add_argument("--sampler", choices=SAMPLERS, default="dpmpp2m", help="sampler (default dpmpp2m)")
     e.add_argument("--steps", type=at.steps, default=25, help="network calls of the sampler (default 25)")
-    e.add_argument("--guidance", type=at.GUIDANCE, default=2.0, help="classifier-free guidance on the text (default 2)")
+    e.add_argument("--guidance", type=at.GUIDANCE, default=1.0, help="classifier-free guidance on the text (default 1: at 2 the "
+                   "edit spreads further outside the changed part, benchmarks/results/knn_diffusion.json)")
     e.add_argument("--seed", type=at.seed, default=0, help="seed of the noise")
     e.add_argument("--db", "--database", dest="db", default=None, help="embedding database (default: the checkpoint's)")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
