@@ -61,6 +61,8 @@ def _build_one(trt, builder, logger, plan: EnginePlan) -> Path:  # noqa: ANN001 
     for name, (lo, opt, hi) in plan.shapes.items():
         profile.set_shape(name, lo, opt, hi)
     config.add_optimization_profile(profile)
+    if plan.int8:  # a QDQ graph (rissole-export --int8): explicit quantization, no calibrator
+        config.set_flag(trt.BuilderFlag.INT8)
     if plan.fp16:
         config.set_flag(trt.BuilderFlag.FP16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)

@@ -30,6 +30,9 @@ class EnginePlan:
     shapes: dict[str, tuple[list[int], list[int], list[int]]]  # input -> (min, opt, max)
     fp16: bool
     fp32_layers: list[str] = field(default_factory=list)
+    # an int8 (QDQ) graph from `rissole-export --int8`: TensorRT takes its scales from the Q/DQ nodes
+    # (explicit quantization), so no calibration cache is needed, only the INT8 flag
+    int8: bool = False
     workspace_mb: int = DEFAULT_WORKSPACE_MB
     timing_cache: Path | None = None
 
@@ -60,8 +63,9 @@ def engine_plans(bundle: Path, manifest: dict[str, Any], fp16: bool = True, work
         if fp16:
             graph = onnx.load(str(bundle / name), load_external_data=False)
             layers = trt_fp32_layers(graph, fp32_nodes(graph, roots, extra))
+        int8 = str(manifest[section].get("precision", "")).startswith("int8")
         plans.append(EnginePlan(bundle / name, bundle / name.replace(".onnx", ".engine"), shapes, fp16, layers,
-                                workspace_mb, timing_cache or bundle / "timing.cache"))
+                                workspace_mb, timing_cache or bundle / "timing.cache", int8))
     return plans
 
 
@@ -76,6 +80,8 @@ def trtexec_command(plan: EnginePlan) -> list[str]:
            f"--maxShapes={_dims(plan.shapes, 2)}", f"--memPoolSize=workspace:{plan.workspace_mb}M"]
     if plan.timing_cache is not None:
         cmd.append(f"--timingCacheFile={plan.timing_cache}")
+    if plan.int8:
+        cmd.append("--int8")  # explicit quantization: the graph's Q/DQ scales, no --calib cache
     if plan.fp16:
         cmd.append("--fp16")
         if plan.fp32_layers:

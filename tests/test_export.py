@@ -198,6 +198,11 @@ def test_int8_export_calibrates_on_database_rows_and_reports_sample_parity(tiny:
     images, _ = EdgeSampler(open_bundle(tiny["dir"] / "bundle-int8"), "cpu", 1).generate(2, 6)
     assert images.shape == (2, 1, 32, 32) and images.std() > 5
     assert not list(tiny["dir"].glob("**/denoiser.fp32.onnx"))  # the fp32 reference is not left behind
+    from rissole_export.trtexec import engine_plans, trtexec_command
+
+    den_plan, dec_plan = engine_plans(tiny["dir"] / "bundle-int8", m, fp16=False)
+    assert den_plan.int8 and "--int8" in trtexec_command(den_plan)  # TensorRT reads the Q/DQ scales
+    assert not dec_plan.int8 and "--int8" not in trtexec_command(dec_plan)
 
 
 def test_int8_export_refuses_a_database_without_enough_calibration_rows(tiny: dict[str, Path]) -> None:
