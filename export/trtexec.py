@@ -30,11 +30,11 @@ class EnginePlan:
     shapes: dict[str, tuple[list[int], list[int], list[int]]]  # input -> (min, opt, max)
     fp16: bool
     fp32_layers: list[str] = field(default_factory=list)
+    workspace_mb: int = DEFAULT_WORKSPACE_MB
+    timing_cache: Path | None = None
     # an int8 (QDQ) graph from `rissole-export --int8`: TensorRT takes its scales from the Q/DQ nodes
     # (explicit quantization), so no calibration cache is needed, only the INT8 flag
     int8: bool = False
-    workspace_mb: int = DEFAULT_WORKSPACE_MB
-    timing_cache: Path | None = None
 
 
 def _shape(spec: list[Any], batch: int, vectors: int) -> list[int]:
