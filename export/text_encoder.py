@@ -37,8 +37,8 @@ MIN_INT8_COSINE = 0.98  # --text-int8: the worst cosine of an int8 text vector t
 def export_text_encoder(pipe: Any, out: Path, opset: int, report: list[str], int8: bool = False) -> dict[str, Any]:
     """Write text_encoder.onnx and tokenizer.json into `out`, both checked; returns the manifest section.
     int8: the encoder's MatMul and embedding-table weights quantized per channel (onnxruntime dynamic
-    quantization, about 4x smaller),
-    accepted when every parity prompt's vector keeps a cosine of at least MIN_INT8_COSINE to PyTorch's."""
+    quantization, about 4x smaller), accepted when every parity prompt's vector keeps a cosine of at
+    least MIN_INT8_COSINE to PyTorch's."""
     from rissole_runtime.text import Tokenizer
 
     embedder = pipe.embedder()
