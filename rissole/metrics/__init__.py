@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from rissole_runtime.errors import DataError
-from rissole.metrics.fid import feature_stats, fid_from_features, frechet_distance
+from rissole.metrics.fid import feature_stats, fid_bootstrap, fid_from_features, frechet_distance
 
 # kid() and precision_recall() are not re-exported here: the names would shadow their submodules.
 __all__ = ["evaluate", "feature_stats", "fid_from_features", "frechet_distance"]
@@ -35,9 +35,12 @@ def evaluate(
     pr_k: int = 3,
     progress: bool = True,
     ref_seed: int | None = None,
+    bootstrap: int = 0,
 ) -> dict[str, Any]:
     """FID (and optionally KID, precision/recall) of the first n uint8 `samples` against n images of `ref`:
-    its first n when `ref_seed` is None (the protocol of the benchmark tables), else a seeded random subset."""
+    its first n when `ref_seed` is None (the protocol of the benchmark tables), else a seeded random subset.
+    bootstrap > 0: also the standard error of that FID from `bootstrap` resamples of the samples
+    (rissole.metrics.fid.fid_bootstrap)."""
     from rissole.metrics.inception import inception_features, inception_hash
     from rissole.metrics.kid import kid
     from rissole.metrics.precision_recall import precision_recall
@@ -63,6 +66,8 @@ def evaluate(
         "ref_cache": str(stats.path),
         "ref_from_cache": stats.from_cache,
     }
+    if bootstrap:
+        out.update(fid_bootstrap(feats, stats.features, bootstrap))
     if with_kid:
         mean, std = kid(feats, stats.features, subsets=kid_subsets, subset_size=kid_subset_size)
         out.update(kid_mean=mean, kid_std=std, kid_subsets=kid_subsets, kid_subset_size=min(kid_subset_size, n))
