@@ -32,3 +32,14 @@ def machine_info() -> dict[str, object]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
     }
+
+
+def write_results(res: dict, out: str | os.PathLike, markdown: str) -> None:
+    """A benchmark's results: the JSON at `out`, its markdown table beside it (.md), the table printed."""
+    from pathlib import Path
+
+    from rissole.fileio import write_json_atomic, write_text_atomic
+
+    write_json_atomic(Path(out), res)
+    write_text_atomic(Path(out).with_suffix(".md"), markdown)
+    print(markdown)

@@ -120,6 +120,7 @@ def text_to_image(args: argparse.Namespace, figures: dict[str, Any]) -> dict[str
     from benchmarks.database_swap import vq_reconstruct
     from rissole.heads.registry import load_pipeline
     from rissole.metrics import evaluate
+    from rissole.paths import STICKERS
 
     val, captions, g_val = sticker_split("val")
     counts = {g: g_val.count(g) for g in sorted(set(g_val))}
@@ -128,7 +129,7 @@ def text_to_image(args: argparse.Namespace, figures: dict[str, Any]) -> dict[str
     clf, clf_info = group_classifier(knn, groups)
     scored = np.array([g in groups for g in g_val])
     target = np.array([groups.index(g) if g in groups else -1 for g in g_val])
-    ref = f"folder:{Path(sticker_source())}:val"
+    ref = f"folder:{STICKERS}:val"
     n = len(val)
     floor = evaluate(cached("recon_val", lambda: vq_reconstruct(knn, val)), ref=ref, n=n, progress=False)["fid"]
     rows = [("kNN-Diffusion", knn, "text+neighbours", None, args.knn)]
@@ -161,12 +162,6 @@ def text_to_image(args: argparse.Namespace, figures: dict[str, Any]) -> dict[str
                    "share_better": by["kNN-Diffusion"]["group_share"] > by["no-kNN"]["group_share"]}
     return {"classifier": clf_info, "cells": cells, "prompts": f"{n} held-out sticker captions", "fid_floor_vq": floor,
             "best_fid_row": best["row"], "knn_beats_noknn": verdict}
-
-
-def sticker_source() -> Path:
-    from rissole.paths import STICKERS
-
-    return STICKERS
 
 
 def index_swap(args: argparse.Namespace, figures: dict[str, Any]) -> dict[str, Any]:
@@ -232,6 +227,8 @@ def manipulation(args: argparse.Namespace, figures: dict[str, Any]) -> dict[str,
     tgt = np.array([groups.index(g_val[o]) for o in others])
     before = float((predict(clf, images) == tgt).mean())
     err0 = np.abs(manip.astype(np.float64) - images.astype(np.float64))
+    with torch.no_grad():
+        recon = pipe.decode(torch.from_numpy(lat.astype(np.float32)))
     restore, retarget = [], []
     for guidance in args.edit_guidance:
         opts = SamplingOptions(sampler="dpmpp2m", steps=args.steps, guidance=guidance, seed=args.seed)
@@ -252,7 +249,6 @@ def manipulation(args: argparse.Namespace, figures: dict[str, Any]) -> dict[str,
                                           for j, i in enumerate(pick[:8])]
         with torch.no_grad():  # rissole edit: the image's own latent, the target caption's text embedding
             edited = pipe.generate(np.full((len(pick), 1), -1), opts, context=target_text[:, None], source=lat)[0]
-        recon = pipe.decode(torch.from_numpy(lat.astype(np.float32)))
         retarget.append({"guidance": guidance, "n": int(len(pick)), "target_share_before": before,
                          "target_share_after": float((predict(clf, edited) == tgt).mean()),
                          "mean_pixel_change_vs_input": float(np.abs(edited.astype(np.float64) - images.astype(np.float64)).mean()),
@@ -305,8 +301,7 @@ def table(res: dict[str, Any]) -> str:
 def main() -> None:
     import torch
 
-    from benchmarks._machine import machine_info
-    from rissole.fileio import write_json_atomic, write_text_atomic
+    from benchmarks._machine import machine_info, write_results
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--knn", default=str(ROOT / "checkpoints" / "knn-stickers-joint"), help="kNN-Diffusion checkpoint")
@@ -340,9 +335,7 @@ def main() -> None:
     res = {k: v for k, v in res.items() if v is not None}
     res["figures"] = sorted(set(save_figures(figures)) | set(previous.get("figures", [])))
     res["wall_s"] = time.perf_counter() - t0
-    write_json_atomic(Path(args.out), res)
-    write_text_atomic(Path(args.out).with_suffix(".md"), table(res))
-    print(table(res))
+    write_results(res, args.out, table(res))
 
 
 if __name__ == "__main__":

@@ -208,8 +208,7 @@ def table(res: dict[str, Any]) -> str:
 def main() -> None:
     import torch
 
-    from benchmarks._machine import machine_info
-    from rissole.fileio import write_json_atomic, write_text_atomic
+    from benchmarks._machine import machine_info, write_results
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=None, metavar="TAG=CKPT",
@@ -238,9 +237,7 @@ def main() -> None:
         res["stylization"] = stylization(models.get(args.figure_model, next(iter(models.values()))), args, figures)
     res["figures"] = save_figures(figures)
     res["wall_s"] = time.perf_counter() - t0
-    write_json_atomic(Path(args.out), res)
-    write_text_atomic(Path(args.out).with_suffix(".md"), table(res))
-    print(table(res))
+    write_results(res, args.out, table(res))
 
 
 if __name__ == "__main__":

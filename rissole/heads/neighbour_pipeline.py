@@ -73,7 +73,7 @@ class NeighbourHeadPipeline(Pipeline):
         if k + 1 > table.k:
             raise DataError(f"{self.db.path}: {k} neighbours besides the row asked for, its database table holds "
                             f"{table.k}. Re-run `rissole db neighbours {self.db.path}` with -k {k + 1}.")
-        return own_neighbour_ids(rows, table.ids[rows, : k + 1], table.scores[rows, : k + 1], k)
+        return own_neighbour_ids(rows, table.ids[rows, : k + 1], k)
 
     @torch.no_grad()
     def query_neighbours(self, images: np.ndarray, k: int | None = None) -> np.ndarray:

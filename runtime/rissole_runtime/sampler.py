@@ -80,7 +80,7 @@ class BundleSampler:
         ids = np.asarray(self.bundle.neighbour_ids[np.asarray(rows)])
         if self.bundle.kind_info.embedding_database:
             if self.bundle.own_embedding:  # kNN-Diffusion: the row itself, then its k nearest others
-                ids = own_neighbour_ids(rows, ids, np.zeros(ids.shape, np.float32), self.bundle.k)
+                ids = own_neighbour_ids(rows, ids, self.bundle.k)
             return self.bundle.db.vectors(ids[:, : self.bundle.table_k])[:, None]
         return gather_neighbours(self.bundle.db, ids, self.bundle.k) * np.float32(self.bundle.scale_factor)
 

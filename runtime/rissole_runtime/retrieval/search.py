@@ -61,12 +61,13 @@ def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int)
     return ids[keep].reshape(len(ids), -1)[:, :k], scores[keep].reshape(len(ids), -1)[:, :k]
 
 
-def own_neighbour_ids(rows: np.ndarray, table_ids: np.ndarray, table_scores: np.ndarray, k: int) -> np.ndarray:
+def own_neighbour_ids(rows: np.ndarray, table_ids: np.ndarray, k: int) -> np.ndarray:
     """kNN-Diffusion's condition for database rows (Sheynin et al., Sec. 3): (n, 1 + k) ids, the row itself,
     then its k nearest other rows, from the `database` table (which lists the row among its own results);
-    table_ids / table_scores are the rows' first k + 1 columns."""
+    table_ids are the rows' first k + 1 columns."""
     rows = np.asarray(rows, dtype=np.int64)
     if k == 0:
         return rows[:, None]
-    ids, _ = drop_self(np.asarray(table_ids, dtype=np.int64), np.asarray(table_scores), rows, k)
+    table_ids = np.asarray(table_ids, dtype=np.int64)
+    ids, _ = drop_self(table_ids, np.zeros(table_ids.shape, np.float32), rows, k)  # the scores are not needed
     return np.concatenate([rows[:, None], ids], axis=1)
