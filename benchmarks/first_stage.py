@@ -1,6 +1,8 @@
 """First-stage figures of the shipped VQ-GAN: test PSNR, codebook usage, reconstruction FID, throughput.
 
     python -m benchmarks.first_stage            # writes benchmarks/results/first_stage.json
+    python -m benchmarks.first_stage --ckpt runs/vq-v2/final --variant "long GAN + perceptual" --note "..."
+                                                # adds / replaces that row of first_stage_variants.{json,md}
 
 PSNR and code usage over the whole Fashion-MNIST test split (10k images, EMA weights);
 reconstruction FID/KID of the first N test images' reconstructions against the same N originals
@@ -28,7 +30,13 @@ def main() -> int:
     ap.add_argument("--ckpt", default=str(ROOT / "checkpoints/vqgan-fmnist-f4"), help="VQ-GAN checkpoint directory")
     ap.add_argument("-n", type=int, default=2000, help="images for the reconstruction FID")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/first_stage.json"), help="results JSON")
+    ap.add_argument("--out", default=None, help="results JSON (default: first_stage.json, or first_stage_variants.json "
+                                                "with --variant)")
+    ap.add_argument("--variant", default=None, help="name of a first-stage variant: its row is added to (or replaced in) "
+                                                    "the variants table instead of writing first_stage.json")
+    ap.add_argument("--training-note", default="2 CPU cores, the other core partly busy with other work during the run",
+                    help="how the training wall time was measured (stored beside it)")
+    ap.add_argument("--note", default="", help="with --variant: what the variant changes (shown in the table)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -64,7 +72,10 @@ def main() -> int:
         vq.decode(z[s : s + 256])
     dec_s = time.perf_counter() - t0
 
-    with open(Path(args.ckpt) / "val.csv") as f:
+    val_csv = Path(args.ckpt) / "val.csv"
+    if not val_csv.is_file():  # a run's final/ keeps its logs one level up
+        val_csv = Path(args.ckpt).parent / "val.csv"
+    with open(val_csv) as f:
         val = list(csv.DictReader(f))
     fid = evaluate(recon, ref="fmnist:test", n=args.n, with_kid=True, batch_size=32)
     result = {
@@ -87,12 +98,35 @@ def main() -> int:
         "threads": args.threads,
         "training_wall_s": float(val[-1]["seconds"]),
         "training_steps": int(val[-1]["step"]),
-        "training_note": "2 CPU cores, the other core partly busy with other work during the run",
+        "training_note": args.training_note,
+        "train_config": cfg.get("train", {}),
         "thresholds": {"test_psnr_db": 25.0, "code_usage": 0.5, "training_wall_s": 45 * 60},
     }
-    write_json_atomic(args.out, result)
+    if args.variant:
+        write_variant(result, args.variant, args.note, Path(args.out or ROOT / "benchmarks/results/first_stage_variants.json"))
+        return 0
+    write_json_atomic(args.out or ROOT / "benchmarks/results/first_stage.json", result)
     print({k: v for k, v in result.items() if k != "machine"})
     return 0
+
+
+def write_variant(result: dict, name: str, note: str, out: Path) -> None:
+    """Add or replace one row of the first-stage variants table (issue goal: rFID <= 18, PSNR >= 27 dB)."""
+    import json
+
+    from benchmarks._machine import write_results
+
+    res = json.loads(out.read_text()) if out.is_file() else {"benchmark": "first_stage_variants", "variants": {}}
+    res["variants"][name] = {**result, "note": note}
+    res["goal"] = {"recon_fid_max": 18.0, "test_psnr_db_min": 27.0, "fid_floor_real_train_vs_test": 11.8}
+    lines = ["| variant | what changes | rFID (N = 2,000) | test PSNR | codes used | encode / decode (img/s, 1 thread) | "
+             "training (steps, wall) |", "|---|---|---|---|---|---|---|"]
+    for key, v in sorted(res["variants"].items(), key=lambda kv: kv[1]["recon_fid"], reverse=True):
+        lines.append(f"| {key} | {v['note']} | {v['recon_fid']:.1f} | {v['test_psnr_db']:.2f} dB | "
+                     f"{round(v['code_usage_test'] * v['codes'])} / {v['codes']} | {v['encode_images_per_s']:.0f} / "
+                     f"{v['decode_images_per_s']:.0f} | {v['training_steps']}, {v['training_wall_s'] / 60:.0f} min |")
+    write_results(res, out, "\n".join(lines) + "\n")
+
 
 
 if __name__ == "__main__":

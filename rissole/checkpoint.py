@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from rissole_runtime.errors import CheckpointError
 from rissole_runtime.validate import DICT, INT, STR, Field, check_schema
-from rissole_runtime.fileio import CHECKPOINT, atomic_dir, sha256_file
+from rissole_runtime.fileio import CHECKPOINT, atomic_dir, file_umask, sha256_file
 
 FORMAT_VERSION = 1
 CONFIG_SCHEMA = {"kind": Field(STR), "step": Field(INT, required=False, min=0), "model": Field(DICT)}
@@ -117,6 +117,9 @@ def save_checkpoint(
         if trainer_tensors is not None:
             save_file({k: v.detach().contiguous().cpu() for k, v in trainer_tensors.items()}, str(tmp / "trainer.safetensors"))
             (tmp / "trainer.json").write_text(json.dumps(trainer_meta or {}, indent=1))
+        mode = 0o666 & ~file_umask()
+        for f in tmp.glob("*.safetensors"):  # safetensors creates its files 0600; give them the umask's mode
+            f.chmod(mode)
     return path
 
 

@@ -87,6 +87,20 @@ def test_checkpoint_round_trip_identical_outputs(tmp_path: Path, tiny_vqgan_conf
     assert a.shape == (16, 1, 32, 32) and model.encode(x).shape == (16, 4, 16, 16)
 
 
+def test_checkpoint_files_get_the_umask_mode(tmp_path: Path, tiny_vqgan_config: dict[str, Any]) -> None:
+    """safetensors writes 0600 files; a checkpoint shared with a team (or copied into a container) must not be."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(tmp_path / "ck", "vqgan", 0, {"model": tiny_vqgan_config["model"]},
+                        {"model": _tiny_model(tiny_vqgan_config).state_dict()})
+    finally:
+        os.umask(old)
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in (tmp_path / "ck").iterdir()} == {
+        "config.yaml": "0o644", "model.safetensors": "0o644"}
+
+
 def test_mismatched_checkpoint_names_keys(tmp_path: Path, tiny_vqgan_config: dict[str, Any]) -> None:
     model = _tiny_model(tiny_vqgan_config)
     other = dict(tiny_vqgan_config["model"], n_embed=32)

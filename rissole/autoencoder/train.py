@@ -52,6 +52,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "disc_ndf": 32,
     "disc_layers": 2,
     "lpips_weights": None,  # local LPIPS file(s): one path, a list, or {"vgg": ..., "lin": ...} (rissole.autoencoder.lpips)
+    "perceptual_net": None,  # a feature network trained here (rissole vqgan perceptual): LPIPS without ImageNet weights
     "perceptual_weight": 1.0,
     "restart_dead_codes_every": 200,  # re-seed codes unused over this many steps; 0 = off
     "restart_until": 0.8,  # fraction of training after which codes are left alone
@@ -98,11 +99,18 @@ class VQGANTrainer(RunTrainer):
         self.scaler = make_grad_scaler(self.device, self.amp)
         learning_rate(tc["lr"], 0, tc["steps"], tc["warmup_steps"], tc["lr_schedule"])  # validates the schedule name
         self.ema = EMA(self.model, tc["ema_decay"]) if tc["ema_decay"] else None
-        self.lpips = None
+        self.lpips = None  # the perceptual term: LPIPS from files, or the distance of a feature net trained here
+        if tc["lpips_weights"] and tc["perceptual_net"]:
+            raise ConfigError("train.lpips_weights and train.perceptual_net are both set: the perceptual term is one "
+                              "or the other; set the one you do not want to null.")
         if tc["lpips_weights"]:
             from rissole.autoencoder.lpips import LPIPS
 
             self.lpips = LPIPS.from_files(tc["lpips_weights"]).to(self.device)
+        elif tc["perceptual_net"]:
+            from rissole.autoencoder.perceptual import load_perceptual
+
+            self.lpips = load_perceptual(tc["perceptual_net"]).to(self.device)
         self.gen = torch.Generator().manual_seed(tc["seed"] + 1)
         self.code_usage = torch.zeros(self.model_config.n_embed, dtype=torch.int64)
         self.step = 0

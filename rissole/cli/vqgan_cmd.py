@@ -1,4 +1,4 @@
-"""`rissole vqgan train | reconstruct | import`."""
+"""`rissole vqgan train | perceptual | reconstruct | import`."""
 
 from __future__ import annotations
 
@@ -27,6 +27,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files (default: the Debian package's)")
     t.add_argument("--stop-after", type=at.positive_int, default=None, help="end this invocation after N steps (checkpointed)")
     t.set_defaults(func=_train)
+
+    q = vsub.add_parser("perceptual", help="train the feature network of the perceptual loss (train.perceptual_net) "
+                                           "as a classifier of the training images")
+    q.add_argument("--source", default="fmnist:train", help="labelled training images: fmnist:train, or folder:PATH "
+                                                            "with one sub-folder per class")
+    q.add_argument("--val-source", default="fmnist:test", help="labelled held-out images for the accuracy printed "
+                                                               "and stored beside the weights ('' for none)")
+    q.add_argument("--size", type=at.positive_int, default=32, help="image size the VQ-GAN trains at")
+    q.add_argument("--epochs", type=at.positive_int, default=3, help="passes over the training images")
+    q.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
+    q.add_argument("--out", required=True, help="output checkpoint directory")
+    q.add_argument("--force", action="store_true", help="replace a rissole checkpoint already at --out")
+    q.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST idx files")
+    q.set_defaults(func=_perceptual)
 
     r = vsub.add_parser("reconstruct", help="originals and reconstructions side by side, as a PNG grid")
     r.add_argument("--ckpt", default=str(SHIPPED_VQGAN), help="VQ-GAN checkpoint directory (default: the shipped one)")
@@ -60,6 +74,31 @@ def _train(args: argparse.Namespace) -> int:
     where = Path(args.out) / ("final" if trainer.step == trainer.train_cfg["steps"] else "checkpoint")
     if launch_rank() == 0:
         print(f"step {trainer.step}/{trainer.train_cfg['steps']}: wrote {where}")
+    return 0
+
+
+def _perceptual(args: argparse.Namespace) -> int:
+    import time
+
+    from rissole.autoencoder.perceptual import accuracy, save_feature_net, train_feature_net
+    from rissole.data import load_source
+    from rissole_runtime.fileio import CHECKPOINT, check_replace
+
+    check_replace(args.out, CHECKPOINT, args.force)  # before minutes of training, not after
+    src = load_source(args.source, data_dir=args.data_dir, size=args.size)
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    net, losses = train_feature_net(src.images, src.labels, train={"epochs": args.epochs, "seed": args.seed},
+                                    source=args.source)
+    info = {"data": {"source": args.source, "size": args.size}, "train": {"epochs": args.epochs, "seed": args.seed},
+            "train_seconds": round(time.perf_counter() - t0, 1), **losses}
+    if args.val_source:
+        val = load_source(args.val_source, data_dir=args.data_dir, size=args.size)
+        if val.labels is not None:
+            info["val_accuracy"] = accuracy(net, val.images, val.labels)
+    save_feature_net(net, args.out, info, force=args.force)
+    acc = f", held-out accuracy {info['val_accuracy']:.1%}" if "val_accuracy" in info else ""
+    print(f"wrote {args.out} ({info['train_seconds']:.0f} s{acc})")
     return 0
 
 

@@ -50,7 +50,8 @@ def is_disk_full(exc: BaseException) -> bool:
     return not isinstance(exc, DataError) and ("No space left on device" in text or "os error 28" in text)
 
 
-def _umask() -> int:
+def file_umask() -> int:
+    """The process umask (read without changing it): files written here get the mode a plain open() would give."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -225,7 +226,7 @@ def output_lock(dest: str | os.PathLike) -> Iterator[None]:
             _held[key] -= 1
         return
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~file_umask())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -316,7 +317,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "", kind: str | None = No
         if not kind:
             clean_stale(dest)  # (output_lock has cleaned already)
         tmp_path = _temp_name(dest, suffix + ".tmp")
-        fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
+        fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666 & ~file_umask())
         os.close(fd)
         try:
             yield tmp_path
@@ -346,7 +347,7 @@ def atomic_dir(dest: str | os.PathLike, kind: str = CHECKPOINT, force: bool = Fa
     with output_lock(dest):
         check_replace(dest, kind, force, owned)
         tmp = _temp_name(dest, ".tmp")
-        tmp.mkdir(mode=0o777 & ~_umask())
+        tmp.mkdir(mode=0o777 & ~file_umask())
         try:
             yield tmp
             old = None
