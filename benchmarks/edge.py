@@ -164,7 +164,7 @@ bundle.open_database = lambda path, positional_reads=False: open_database(path)
 
 
 def peak_rss_mb(bundle: Path, n: int, threads: int, probe: str = RSS_PROBE,
-                extra: tuple[str, ...] = ("--steps", "50")) -> tuple[float, str]:
+                extra: tuple[str, ...] = ("--sampler", "ddim", "--steps", "50")) -> tuple[float, str]:
     """Peak resident set of a fresh `rissole-run` process (its own VmHWM, Linux), and its report line;
     `extra` are its sampling options (default DDIM-50)."""
     cmd = [sys.executable, "-c", probe, str(bundle), "-n", str(n), *extra,

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 import rissole
-from rissole_runtime.diffusion.solvers import make_sampler
+from rissole_runtime.diffusion.solvers import DEVICE_SAMPLER, DEVICE_STEPS, make_sampler
 from rissole_runtime.errors import ConfigError, DataError
 from rissole_runtime.fileio import BUNDLE, atomic_dir, check_replace, atomic_path, sha256_file, write_json_atomic
 from rissole.retrieval.database import BLOCKS_FILE, MANIFEST_FILE, BlockDatabase, open_database
@@ -48,8 +48,8 @@ class ExportOptions:
     fp16: bool = False
     opset: int = MIN_OPSET
     max_samples: int = 16  # samples per network call; the batch axis goes up to max_samples * b * 2 (guidance)
-    sampler: str = "ddim"  # diffusion kinds: default sampler (rissole_runtime.diffusion.solvers.SAMPLERS) ...
-    steps: int = 50  # ... and its network calls
+    sampler: str = DEVICE_SAMPLER  # diffusion kinds: the default sampler and its network calls
+    steps: int = DEVICE_STEPS
     guidance: float = 1.0
     top_m: float = 1.0
     top_k: int = 0  # rarm: default top-k (0 = all codes)

@@ -253,6 +253,8 @@ def test_engine_request_without_tensorrt_prints_the_trtexec_commands(tiny: dict[
     err = capsys.readouterr().err
     assert "cannot build TensorRT engines here" in err and "--maxShapes=x:16x10x4x4" in err
     assert (out / MANIFEST).is_file()  # the ONNX bundle is written before the engine step
+    recorded = json.loads((out / MANIFEST).read_text())["sampler"]  # no --sampler: the device default, UniPC-10
+    assert (recorded["kind"], recorded["num_steps"], len(recorded["timesteps"])) == ("unipc", 10, 10)
 
 
 @pytest.mark.skipif(import_tensorrt()[0] is None, reason="TensorRT cannot be installed on this machine (no wheel reachable, no GPU)")

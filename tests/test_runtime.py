@@ -33,7 +33,7 @@ sys.meta_path.insert(0, _NoTorch())
 def run_runtime_without_torch(bundle: Path, tmp_path: Path,
                               sampling: tuple[str, ...] = ("--steps", "4")) -> subprocess.CompletedProcess:
     """`rissole-run BUNDLE` in a fresh interpreter where importing torch fails (as on a device without
-    PyTorch), writing tmp_path/grid.png and tmp_path/x.npy (5 images, `sampling` (default 4 DDIM steps),
+    PyTorch), writing tmp_path/grid.png and tmp_path/x.npy (5 images, `sampling` (default: the bundle's sampler, 4 steps),
     guidance 2, top-m 0.5, --verify); fails if torch got imported anyway."""
     (tmp_path / "block").mkdir()
     (tmp_path / "block" / "sitecustomize.py").write_text(BLOCKER)
@@ -103,7 +103,7 @@ def _cli(bundle: Path, tmp_path: Path, capsys, *extra: str) -> tuple[int, str]: 
     return rc, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("sampling", [("--steps", "6"), ("--steps", "6", "--eta", "1"),
+@pytest.mark.parametrize("sampling", [("--sampler", "ddim", "--steps", "6"), ("--sampler", "ddim", "--steps", "6", "--eta", "1"),
                                       ("--sampler", "dpmpp2m", "--steps", "5"), ("--sampler", "unipc", "--steps", "5")])
 def test_same_seed_gives_the_same_image_in_rissole_sample_and_rissole_run(tiny: dict[str, Path], tmp_path: Path,
                                                                           sampling: tuple[str, ...]) -> None:

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     tm = edge.timings
     cond = f"prompt {args.prompt[0]!r}{' ...' if len(args.prompt) > 1 else ''}" if args.prompt else f"top-m {top_m}"
     print(f"wrote {args.out}: {args.n} images, {what}, guidance {guidance}, {cond}; sampling networks "
-          f"{tm.network_s:.2f} s ({tm.network_calls} calls), decode {tm.decode_s:.2f} s, total "
+          f"{tm.network_s:.3f} s ({tm.network_calls} calls), decode {tm.decode_s:.3f} s, total "
           f"{time.perf_counter() - t0:.2f} s")
     return 0
 
