@@ -137,10 +137,10 @@ def append_csv(path: Path, row: dict[str, Any]) -> None:
         w.writerow(row)
 
 
-def truncate_csv(path: Path, last_step: int) -> None:
-    """Drop log rows written after the checkpoint being resumed (they will be written again)."""
+def truncate_csv(path: Path, last_step: int) -> list[dict[str, str]]:
+    """Drop log rows written after the checkpoint being resumed (they will be written again); the rows kept."""
     if not path.exists():
-        return
+        return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     keep = [r for r in rows if int(r["step"]) <= last_step]
@@ -151,6 +151,7 @@ def truncate_csv(path: Path, last_step: int) -> None:
             w.writeheader()
             w.writerows(keep)
         os.replace(tmp, path)
+    return keep
 
 
 def chunked_std(chunks: Iterable[np.ndarray]) -> float:
@@ -282,11 +283,14 @@ class RunTrainer:
 
         tc = self.config["train"]
         main = distributed.world().main  # under torchrun, rank 0 alone writes checkpoints, logs and the bar
+        elapsed = 0.0  # wall seconds of the run so far: the log's clock continues across a resume
         if resume:
             self.resume()
             if main:
                 for name in self.log_files:
-                    truncate_csv(self.run_dir / name, self.step)
+                    kept = truncate_csv(self.run_dir / name, self.step)
+                    if name == "log.csv" and kept and kept[-1].get("seconds"):
+                        elapsed = float(kept[-1]["seconds"])
         else:
             check_fresh_run(self.run_dir)
         distributed.barrier()  # every rank has checked the run directory before rank 0 writes into it
@@ -294,7 +298,7 @@ class RunTrainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         end = tc["steps"] if stop_after is None else min(tc["steps"], self.step + stop_after)
         bar = tqdm(total=tc["steps"], initial=self.step, desc=self.kind, unit="step", disable=not (progress and main))
-        t0 = time.time()
+        t0 = time.time() - elapsed
         while self.step < end:
             logs = self.train_step()
             if not math.isfinite(logs["loss"]):

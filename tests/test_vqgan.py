@@ -51,6 +51,9 @@ def test_resume_matches_uninterrupted_run(tmp_path: Path, tiny_vqgan_config: dic
     for name, ref in straight.ema.state_dict().items():
         assert torch.equal(ref, resumed.ema.state_dict()[name]), name
     assert _losses(tmp_path / "a") == _losses(tmp_path / "b")  # the log was truncated and rewritten, not duplicated
+    with open(tmp_path / "b" / "log.csv") as f:
+        seconds = [float(r["seconds"]) for r in csv.DictReader(f)]
+    assert seconds[12] > 0 and all(b >= a for a, b in zip(seconds, seconds[1:]))  # the wall clock continues
 
 
 def test_new_run_refuses_to_overwrite_existing_checkpoint(tmp_path: Path, tiny_vqgan_config: dict[str, Any]) -> None:
