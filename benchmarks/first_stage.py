@@ -128,6 +128,5 @@ def write_variant(result: dict, name: str, note: str, out: Path) -> None:
     write_results(res, out, "\n".join(lines) + "\n")
 
 
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,6 +28,7 @@ from torch import nn
 
 from rissole.autoencoder.lpips import normalize_channels
 from rissole.checkpoint import load_checkpoint, save_checkpoint
+from rissole.data import to_model_range
 from rissole_runtime.errors import DataError
 
 KIND = "perceptual"
@@ -83,10 +84,6 @@ class PerceptualDistance(nn.Module):
         return total
 
 
-def _as_input(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(images, dtype=np.float32) / 127.5 - 1.0)
-
-
 def train_feature_net(images: np.ndarray, labels: np.ndarray | None, config: dict[str, Any] | None = None,
                       train: dict[str, Any] | None = None, progress: bool = True,
                       source: str = "the training source") -> tuple[FeatureNet, dict[str, float]]:
@@ -112,7 +109,7 @@ def train_feature_net(images: np.ndarray, labels: np.ndarray | None, config: dic
         order = rng.permutation(len(labels))
         for s in range(0, len(order), tc["batch_size"]):
             idx = np.sort(order[s : s + tc["batch_size"]])
-            loss = nn.functional.cross_entropy(net(_as_input(images[idx])), y_all[idx])
+            loss = nn.functional.cross_entropy(net(to_model_range(images[idx])), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -127,7 +124,7 @@ def train_feature_net(images: np.ndarray, labels: np.ndarray | None, config: dic
 
 @torch.no_grad()
 def accuracy(net: FeatureNet, images: np.ndarray, labels: np.ndarray) -> float:
-    pred = np.concatenate([net(_as_input(images[s : s + 512])).argmax(1).numpy() for s in range(0, len(images), 512)])
+    pred = np.concatenate([net(to_model_range(images[s : s + 512])).argmax(1).numpy() for s in range(0, len(images), 512)])
     return float((pred == np.asarray(labels)).mean())
 
 

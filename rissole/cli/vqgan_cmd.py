@@ -86,7 +86,6 @@ def _perceptual(args: argparse.Namespace) -> int:
 
     check_replace(args.out, CHECKPOINT, args.force)  # before minutes of training, not after
     src = load_source(args.source, data_dir=args.data_dir, size=args.size)
-    torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     net, losses = train_feature_net(src.images, src.labels, train={"epochs": args.epochs, "seed": args.seed},
                                     source=args.source)
