@@ -21,13 +21,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rissole.paths import SHIPPED_VQGAN
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @torch.no_grad()
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", default=str(ROOT / "checkpoints/vqgan-fmnist-f4"), help="VQ-GAN checkpoint directory")
+    ap.add_argument("--ckpt", default=str(SHIPPED_VQGAN), help="VQ-GAN checkpoint directory (default: the shipped one)")
     ap.add_argument("-n", type=int, default=2000, help="images for the reconstruction FID")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--out", default=None, help="results JSON (default: first_stage.json, or first_stage_variants.json "

@@ -7,13 +7,19 @@ half of the training split (the other half is their database, as in the paper). 
 resumable, so the table can be built over several sessions:
 
     python -m benchmarks.paper_table train [--rows ...]   # runs/paper/<row>/ (resumes a partial run)
-    python -m benchmarks.paper_table eval  [--rows ...]   # N samples per seed: FID, KID, seams, copies
+    python -m benchmarks.paper_table eval  [--rows ...]   # N samples per seed: FID (+ bootstrap SE), KID, seams, copies
     python -m benchmarks.paper_table timing               # ms/image of every row, side by side, idle machine
     python -m benchmarks.paper_table report               # benchmarks/results/paper_table.json + README table
 
 Training runs on one thread each (OMP_NUM_THREADS=1), so two queues (`--rows` split by hand) use
 both cores; wall time is summed over invocations. Sampling time per image is measured apart from
 the FID samples, for all rows in one process on one thread, DDIM-50 and DDPM-1000.
+
+Each row is one trained model sampled with three seeds; a row's spread is the standard deviation of
+its per-seed FIDs (the sample-set noise; the bootstrap standard error of each seed's FID measures the
+same thing from one sample set). The paper's orderings are judged against that spread (ORDERINGS).
+The table records the first stage its rows were trained on; a report on another first stage keeps
+the earlier table in the JSON under `previous`.
 """
 
 from __future__ import annotations
@@ -59,6 +65,15 @@ HEAD_ROWS: dict[str, tuple[str, Path]] = {  # row: (label, config), trained with
     "rarm": ("RARM (k=4 VQ-latent neighbours)", RARM_CONFIG),
 }
 ALL_ROWS = [*ROWS, *HEAD_ROWS]
+# the paper's claims: (claim, the row that should have the lower FID, the row it is compared with)
+ORDERINGS: list[tuple[str, str, str]] = [
+    ("RISSOLE < RISSOLE-RAG", "rissole", "rissole-rag"),
+    ("RISSOLE < RISSOLE+P", "rissole", "rissole+p"),
+    ("RISSOLE < RISSOLE+Pos", "rissole", "rissole+pos"),
+    ("RISSOLE < RDM (equal parameters)", "rissole", "rdm"),
+    ("RISSOLE < LDM", "rissole", "ldm"),
+    ("RISSOLE at half the LDM's parameters <= LDM", "rissole-half", "ldm"),
+]
 
 
 def train_argv(row: str) -> list[str]:
@@ -152,8 +167,9 @@ def sample(pipe: Any, n: int, seed: int, options: Any, batch: int) -> tuple[Any,
     return pipe.sample(n, dataclasses.replace(options, seed=seed, batch=batch))
 
 
-def evaluate_row(row: str, seeds: list[int], n: int, ddpm_fid: bool, threads: int = 1) -> None:
-    """Per seed: N DDIM-50 samples -> FID, KID, seam score, copy rate (and with ddpm_fid, DDPM-1000 for the first seed)."""
+def evaluate_row(row: str, seeds: list[int], n: int, ddpm_fid: bool, threads: int = 1, bootstrap: int = 50) -> None:
+    """Per seed: N DDIM-50 samples -> FID with its bootstrap standard error, KID, seam score, copy rate (and with
+    ddpm_fid, DDPM-1000 for the first seed)."""
     import numpy as np
     import torch
 
@@ -179,10 +195,11 @@ def evaluate_row(row: str, seeds: list[int], n: int, ddpm_fid: bool, threads: in
             images, _ = sample(pipe, n, seed, sampler, batch=250)
             with atomic_path(run_dir(row) / f"samples_{name}_n{n}_seed{seed}.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, images)
-            metrics = evaluate(images, ref="fmnist:test", n=n, with_kid=True)
+            metrics = evaluate(images, ref="fmnist:test", n=n, with_kid=True, bootstrap=bootstrap)
             grey = images if images.shape[1] == 1 else images.mean(1, keepdims=True).round().astype(np.uint8)
             res = {"row": row, "sampler": name, "seed": seed, "n": n, "fid": metrics["fid"],
                    "kid_mean": metrics["kid_mean"], "kid_std": metrics["kid_std"],
+                   **{k: v for k, v in metrics.items() if k.startswith("fid_bootstrap")},
                    "seams": seam_score(grey, real, max(grid, 2)),  # g=1: at the g=2 boundaries, a control
                    "copies": copy_rate(grey, train_images.images, bar)}
             write_json_atomic(path, res)
@@ -211,6 +228,64 @@ def timing(rows: list[str], n_ddim: int, n_ddpm: int) -> None:
         write_json_atomic(RUNS / "timing.json", result)
 
 
+def first_stage() -> dict[str, str]:
+    """The VQ-GAN every row's latents come from (BASE_CONFIG's data.vqgan; the heads' configs name the same one)."""
+    import yaml
+
+    from rissole.checkpoint import load_checkpoint
+
+    path = yaml.safe_load(BASE_CONFIG.read_text())["data"]["vqgan"]
+    return {"vqgan": path, "weights_hash": load_checkpoint(ROOT / path).weights_hash()}
+
+
+def previous_tables(current: dict[str, str]) -> list[dict[str, Any]]:
+    """The tables already in RESULTS that were measured on another first stage, to keep beside the new one.
+    A table from before the first stage was recorded is from the original one (checkpoints/vqgan-fmnist-f4)."""
+    old = read_json(RESULTS)
+    if old is None:
+        return []
+    kept = old.pop("previous", [])
+    old.setdefault("first_stage", {"vqgan": "checkpoints/vqgan-fmnist-f4",
+                                   "note": "first stage A (rFID 33.4 at N = 2,000), before issue 19"})
+    if old["first_stage"].get("weights_hash") != current["weights_hash"]:
+        kept.append(old)
+    return kept
+
+
+def fid_summary(evals: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Mean FID over a row's seeds, the seeds' standard deviation, its standard error, and the mean bootstrap SE."""
+    import numpy as np
+
+    if not evals:
+        return None
+    fids = np.array([e["fid"] for e in evals])
+    sd = float(fids.std(ddof=1)) if len(fids) > 1 else float("nan")
+    boot = [e["fid_bootstrap_std"] for e in evals if "fid_bootstrap_std" in e]
+    return {"mean": float(fids.mean()), "seeds": len(fids), "seed_sd": sd, "se": sd / np.sqrt(len(fids)),
+            "bootstrap_se": float(np.mean(boot)) if boot else float("nan")}
+
+
+def ordering_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each of the paper's orderings: the FID difference (worse row minus the row claimed better) and its standard
+    error from the per-row spreads (sqrt(se_a^2 + se_b^2), the seed SE, or the bootstrap SE where a row has one
+    seed). It holds when the difference exceeds twice that, is reversed below minus twice that, else is inside."""
+    import math
+
+    by = {r["row"]: r.get("fid") for r in rows}
+    out = []
+    for claim, better, worse in ORDERINGS:
+        a, b = by.get(better), by.get(worse)
+        if not a or not b:
+            out.append({"claim": claim, "better": better, "worse": worse, "verdict": "not measured"})
+            continue
+        se = [s["se"] if s["seeds"] > 1 else s["bootstrap_se"] for s in (a, b)]
+        diff, se_diff = b["mean"] - a["mean"], math.hypot(*se)
+        verdict = "holds" if diff > 2 * se_diff else "reversed" if diff < -2 * se_diff else "inside the spread"
+        out.append({"claim": claim, "better": better, "worse": worse, "difference": diff, "se": se_diff,
+                    "verdict": verdict})
+    return out
+
+
 def report(n: int) -> dict[str, Any]:
     """Gather every row's results into one JSON and a markdown table (rows not yet run are listed as such)."""
     from benchmarks._machine import machine_info
@@ -229,14 +304,17 @@ def report(n: int) -> dict[str, Any]:
             entry["train_seconds"], entry["train_invocations"] = training_seconds(d / "log.csv")
             entry["steps"], entry["batch_size"] = cfg["train"]["steps"], cfg["train"]["batch_size"]
         entry["ddim50"] = [read_json(p) for p in sorted(d.glob(f"eval_ddim50_n{n}_seed*.json"))]
+        entry["fid"] = fid_summary(entry["ddim50"])
         entry["ddpm1000"] = [read_json(p) for p in sorted(d.glob(f"eval_ddpm1000_n{n}_seed*.json"))]
         entry["ddim_vs_ddpm"] = sampler_comparison(d)
         entry["timing"] = read_json(RUNS / "timing.json", {}).get(row)
         rows.append(entry)
+    stage = first_stage()
     result = {"benchmark": "paper_table", "machine": machine_info(), "n": n, "common": COMMON,
-              "base_config": str(BASE_CONFIG.relative_to(ROOT)), "rows": rows}
+              "base_config": str(BASE_CONFIG.relative_to(ROOT)), "first_stage": stage, "rows": rows,
+              "orderings": ordering_verdicts(rows), "previous": previous_tables(stage)}
     write_json_atomic(RESULTS, result)
-    table = markdown(rows)
+    table = markdown(rows) + "\n\n" + orderings_markdown(result["orderings"])
     print(table)
     for r in rows:
         for c in r["ddim_vs_ddpm"]:
@@ -250,6 +328,16 @@ def report(n: int) -> dict[str, Any]:
         write_text_atomic(readme, head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
         print(f"updated the table in {readme}")
     return result
+
+
+def orderings_markdown(orderings: list[dict[str, Any]]) -> str:
+    lines = ["| the paper's ordering | FID difference (+: as claimed) | its SE | verdict (2 SE) |", "|---|---:|---:|---|"]
+    for o in orderings:
+        if "difference" in o:
+            lines.append(f"| {o['claim']} | {o['difference']:+.2f} | {o['se']:.2f} | {o['verdict']} |")
+        else:
+            lines.append(f"| {o['claim']} | - | - | {o['verdict']} |")
+    return "\n".join(lines)
 
 
 def sampler_comparison(d: Path) -> list[dict[str, Any]]:
@@ -266,23 +354,34 @@ def sampler_comparison(d: Path) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     def fmt(values: list[float], digits: int) -> str:
-        return " / ".join(f"{v:.{digits}f}" for v in values) if values else "-"
+        return f"{sum(values) / len(values):.{digits}f}" if values else "-"
 
-    lines = ["| model | params | FID (seeds) | KID x1e3 | seam score | copy rate | train min | ms/image DDIM-50 | ms/image DDPM-1000 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    def fid(r: dict[str, Any]) -> str:
+        s = r.get("fid")
+        if not s:
+            return "-"
+        spread = f" ± {s['seed_sd']:.2f}" if s["seeds"] > 1 else ""
+        return f"{s['mean']:.2f}{spread} ({s['seeds']})"
+
+    lines = ["| model | params | FID mean ± sd (seeds) | bootstrap SE | per seed | KID x1e3 | seam score | copy rate "
+             "| train min | ms/image DDIM-50 | ms/image DDPM-1000 |",
+             "|---|---|---|---:|---|---|---|---|---|---|---|"]
     for r in rows:
         ev = r["ddim50"]
         seams = [e["seams"]["score"] for e in ev if e.get("seams")]
+        boot = (r.get("fid") or {}).get("bootstrap_se", float("nan"))
         lines.append("| " + " | ".join([
             r["label"],
             f"{r['params'] / 1e6:.2f}M" if "params" in r else "not trained",
-            fmt([e["fid"] for e in ev], 2),
+            fid(r),
+            f"{boot:.2f}" if boot == boot else "-",
+            " / ".join(f"{e['fid']:.2f}" for e in ev) or "-",
             fmt([e["kid_mean"] * 1e3 for e in ev], 2),
             fmt(seams, 3) if seams else "-",
             fmt([e["copies"]["copy_rate"] for e in ev], 4),
             f"{r['train_seconds'] / 60:.0f}" if r.get("train_seconds") else "-",
-            fmt([r["timing"]["ddim50_s_per_image"] * 1e3], 1) if r.get("timing") else "-",
-            fmt([r["timing"]["ddpm1000_s_per_image"] * 1e3], 0) if "ddpm1000_s_per_image" in (r.get("timing") or {}) else "-",
+            f"{r['timing']['ddim50_s_per_image'] * 1e3:.1f}" if r.get("timing") else "-",
+            f"{r['timing']['ddpm1000_s_per_image'] * 1e3:.0f}" if "ddpm1000_s_per_image" in (r.get("timing") or {}) else "-",
         ]) + " |")
     return "\n".join(lines)
 
@@ -291,7 +390,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=("train", "eval", "timing", "report"))
     ap.add_argument("--rows", nargs="*", default=ALL_ROWS, help=f"rows to run (default all): {', '.join(ALL_ROWS)}")
-    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1], help="sampling seeds")
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="sampling seeds")
+    ap.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for each seed's FID standard error")
     ap.add_argument("-n", type=int, default=2000, help="samples per seed for FID / KID / seams / copies")
     ap.add_argument("--timing-n", type=int, nargs=2, default=[64, 8], metavar=("DDIM", "DDPM"),
                     help="images timed with DDIM-50 and with DDPM-1000 (timing stage)")
@@ -306,7 +406,7 @@ def main() -> int:
         train(args.rows)
     elif args.stage == "eval":
         for row in args.rows:
-            evaluate_row(row, args.seeds, args.n, args.ddpm_fid, args.threads)
+            evaluate_row(row, args.seeds, args.n, args.ddpm_fid, args.threads, args.bootstrap)
     elif args.stage == "timing":
         timing(args.rows, *args.timing_n)
     else:

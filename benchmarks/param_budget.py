@@ -44,20 +44,26 @@ def parts(row: str) -> tuple[str, str]:
 
 
 def resolved(row: str) -> Path:
-    """The row's fitted config (written once: rissole.budget.fit_budget + train.max_params)."""
+    """The row's fitted config (rissole.budget.fit_budget + train.max_params), written before its training starts.
+    Refitted while the row has no run, so a changed base config (e.g. a new first stage) reaches it; a row
+    whose run exists keeps the config it was trained with, and a base that has changed since is refused."""
+    import yaml
+
     from rissole.budget import fit_budget, resolved_config
     from rissole.config import apply_overrides, load_config
     from rissole_runtime.fileio import write_text_atomic
 
     head, budget = parts(row)
     path = RUNS / row / "config.yaml"
-    if not path.is_file():
-        import yaml
-
-        _, base, overrides = HEADS[head]
-        cfg = apply_overrides(load_config(base), [*paper_table.TRAIN, *overrides])
-        fit = fit_budget(cfg, BUDGETS[budget])
-        write_text_atomic(path, yaml.safe_dump(resolved_config(cfg, fit, BUDGETS[budget]), sort_keys=False))
+    _, base, overrides = HEADS[head]
+    cfg = apply_overrides(load_config(base), [*paper_table.TRAIN, *overrides])
+    fitted = resolved_config(cfg, fit_budget(cfg, BUDGETS[budget]), BUDGETS[budget])
+    if path.is_file() and yaml.safe_load(path.read_text()) == fitted:
+        return path
+    if (RUNS / row / "run").exists():
+        raise SystemExit(f"{path}: the row was trained from a config that {base} no longer gives (e.g. another "
+                         f"first stage); move {RUNS / row} away to retrain it, or restore the base config.")
+    write_text_atomic(path, yaml.safe_dump(fitted, sort_keys=False))
     return path
 
 
@@ -89,9 +95,9 @@ def evaluate(rows: list[str], n: int) -> None:
             if path.is_file():
                 continue
             images, seconds = paper_table.sample(pipe, n, seed, SamplingOptions(steps=50), batch=250)
-            m = fid(images, ref="fmnist:test", n=n, with_kid=True, progress=False)
+            m = fid(images, ref="fmnist:test", n=n, with_kid=True, progress=False, bootstrap=50)
             res = {"row": row, "seed": seed, "n": n, "fid": m["fid"], "kid_mean": m["kid_mean"], "kid_std": m["kid_std"],
-                   "sampling_s": seconds}
+                   "fid_bootstrap_std": m["fid_bootstrap_std"], "sampling_s": seconds}
             paper_table.write_json_atomic(path, res)
             np.save(RUNS / row / f"samples_n{n}_seed{seed}.npy", images)
             print(f"{row} seed {seed}: FID {res['fid']:.2f}", flush=True)

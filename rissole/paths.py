@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = Path(os.environ.get("RISSOLE_CHECKPOINTS", REPO_ROOT / "checkpoints"))
-SHIPPED_VQGAN = CHECKPOINTS / "vqgan-fmnist-f4"
+SHIPPED_VQGAN = CHECKPOINTS / "vqgan-fmnist-f4-perceptual"  # first stage B (issue 19); vqgan-fmnist-f4 is A
 SHIPPED_RISSOLE = CHECKPOINTS / "rissole-fmnist-g2"
 SHIPPED_RDM = CHECKPOINTS / "rdm-fmnist-vq"
 SHIPPED_RARM = CHECKPOINTS / "rarm-fmnist-vq"  # the same embedding database as SHIPPED_RDM

@@ -1,0 +1,51 @@
+"""The paper table's protocol: per-row FID spread, the verdict on each of the paper's orderings, and the
+earlier table kept when the first stage changes (benchmarks/paper_table.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import paper_table as pt
+
+
+def evals(*fids: float, boot: float = 0.5) -> list[dict]:
+    return [{"fid": f, "fid_bootstrap_std": boot} for f in fids]
+
+
+def test_fid_summary_is_mean_and_seed_spread() -> None:
+    s = pt.fid_summary(evals(40.0, 41.0, 42.0, boot=0.4))
+    assert s["mean"] == pytest.approx(41.0) and s["seeds"] == 3
+    assert s["seed_sd"] == pytest.approx(1.0) and s["se"] == pytest.approx(1.0 / 3 ** 0.5)
+    assert s["bootstrap_se"] == pytest.approx(0.4)
+    assert pt.fid_summary([]) is None
+
+
+def test_orderings_hold_fall_inside_or_reverse_by_two_standard_errors() -> None:
+    def row(name: str, *fids: float) -> dict:
+        return {"row": name, "fid": pt.fid_summary(evals(*fids))}
+
+    rows = [row("rissole", 38.0, 38.2, 37.8), row("rissole-rag", 90.0, 91.0, 89.0),  # far apart: holds
+            row("rissole+p", 38.1, 38.4, 37.9),  # a tenth apart, spread 0.2: inside
+            row("rissole+pos", 35.0, 35.1, 34.9),  # 3 lower than RISSOLE, spread 0.1: reversed
+            row("rdm", 39.0)]  # one seed: its bootstrap SE (0.5) is used
+    v = {o["worse"]: o for o in pt.ordering_verdicts(rows)}
+    assert v["rissole-rag"]["verdict"] == "holds" and v["rissole-rag"]["difference"] == pytest.approx(52.0)
+    assert v["rissole+p"]["verdict"] == "inside the spread"
+    assert v["rissole+pos"]["verdict"] == "reversed"
+    se_rdm = (pt.fid_summary(evals(38.0, 38.2, 37.8))["se"] ** 2 + 0.5 ** 2) ** 0.5
+    assert v["rdm"]["se"] == pytest.approx(se_rdm) and v["rdm"]["verdict"] == "inside the spread"  # 1.0 < 2 x 0.52
+    assert v["ldm"]["verdict"] == "not measured"
+
+
+def test_a_table_on_another_first_stage_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = tmp_path / "paper_table.json"
+    monkeypatch.setattr(pt, "RESULTS", results)
+    assert pt.previous_tables({"weights_hash": "b"}) == []
+    results.write_text(json.dumps({"rows": [{"row": "rissole"}]}))  # written before the first stage was recorded
+    kept = pt.previous_tables({"weights_hash": "b"})
+    assert len(kept) == 1 and kept[0]["first_stage"]["vqgan"] == "checkpoints/vqgan-fmnist-f4"
+    results.write_text(json.dumps({"rows": [], "first_stage": {"weights_hash": "b"}, "previous": kept}))
+    assert pt.previous_tables({"weights_hash": "b"}) == kept  # same first stage: replaced, the older one still kept
