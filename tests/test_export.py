@@ -126,7 +126,8 @@ def test_decoder_matches_pytorch_decode(tiny: dict[str, Path]) -> None:
     images = cpu_session(tiny["bundle"] / DECODER).run(None, {"latents": lat})[0]
     from rissole_runtime.sampler import to_uint8
 
-    np.testing.assert_array_equal(to_uint8(images), pipe.decode(torch.from_numpy(lat)))
+    diff = np.abs(to_uint8(images).astype(int) - pipe.decode(torch.from_numpy(lat)).astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999  # float rounding may cross a uint8 boundary (B: 1 of 5,120)
 
 
 def test_parity_failure_stops_the_export(tiny: dict[str, Path]) -> None:

@@ -153,8 +153,8 @@ def test_rdm_runtime_samples_with_torch_blocked(rdm: dict[str, Any], tmp_path: P
 
 def test_rdm_runtime_images_match_the_pytorch_pipeline_within_one_level(rdm: dict[str, Any]) -> None:
     """Same pseudo-query rows (same seed), same x_T, DDIM-6: measured max abs pixel diff 0 unguided and 1 uint8
-    level at guidance 2.5 (1 pixel of 6,144); latents within 5e-6. Asserted: <= 1 level, >= 99 % of pixels equal,
-    latents within 1e-4. (Smoke run, DDIM-50, 16 images: max 1 level, latents within 1.2e-6.)"""
+    level at guidance 2.5 (1 pixel of 6,144); latents within 5e-6. Asserted: the decoders within 1 level on the same
+    latents, >= 99 % of codes equal, latents within 1e-4. (Smoke run, DDIM-50, 16 images: max 1 level, latents within 1.2e-6.)"""
     from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
 
     edge = EdgeSampler(open_bundle(rdm["bundle"]), "cpu", threads=1)
@@ -170,8 +170,12 @@ def test_rdm_runtime_images_match_the_pytorch_pipeline_within_one_level(rdm: dic
         ref, ref_lat = pipe.generate(pipe.neighbour_ids(rows), SamplingOptions(seed=seed, guidance=guidance, steps=6),
                                      x_T=torch.from_numpy(x_T[:, 0]))
         assert np.abs(lat - ref_lat.numpy()).max() < 1e-4
-        assert np.abs(images.astype(int) - ref.astype(int)).max() <= 1
-        assert (images == ref).mean() > 0.99
+        # decode quantises: a latent within 1e-4 of a tie between two codes may pick the other one (seen with
+        # first stage B: one flipped code, 12 levels in its 4 x 4 pixels), so the decoders are compared on the same
+        # latents, and the sampled ones by their codes
+        assert np.abs(edge.decode(ref_lat.numpy()).astype(int) - ref.astype(int)).max() <= 1
+        codes = [pipe.vqgan.quantize_latent(torch.from_numpy(np.asarray(x, np.float32)))[2] for x in (lat, ref_lat.numpy())]
+        assert (codes[0] == codes[1]).float().mean() > 0.99  # a flipped code changes its whole receptive field
         assert images.std() > 5
         full, _ = edge.generate(n, 6, seed, top_m, guidance)
         np.testing.assert_array_equal(full, images)  # generate() = these steps
