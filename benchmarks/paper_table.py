@@ -230,11 +230,10 @@ def timing(rows: list[str], n_ddim: int, n_ddpm: int) -> None:
 
 def first_stage() -> dict[str, str]:
     """The VQ-GAN every row's latents come from (BASE_CONFIG's data.vqgan; the heads' configs name the same one)."""
-    import yaml
-
     from rissole.checkpoint import load_checkpoint
+    from rissole.config import load_config
 
-    path = yaml.safe_load(BASE_CONFIG.read_text())["data"]["vqgan"]
+    path = load_config(BASE_CONFIG)["data"]["vqgan"]
     return {"vqgan": path, "weights_hash": load_checkpoint(ROOT / path).weights_hash()}
 
 
@@ -353,6 +352,8 @@ def sampler_comparison(d: Path) -> list[dict[str, Any]]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
+    import math
+
     def fmt(values: list[float], digits: int) -> str:
         return f"{sum(values) / len(values):.{digits}f}" if values else "-"
 
@@ -374,7 +375,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             r["label"],
             f"{r['params'] / 1e6:.2f}M" if "params" in r else "not trained",
             fid(r),
-            f"{boot:.2f}" if boot == boot else "-",
+            "-" if math.isnan(boot) else f"{boot:.2f}",
             " / ".join(f"{e['fid']:.2f}" for e in ev) or "-",
             fmt([e["kid_mean"] * 1e3 for e in ev], 2),
             fmt(seams, 3) if seams else "-",
