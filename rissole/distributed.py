@@ -86,6 +86,19 @@ def init(device: str = "auto") -> World:
     return world()
 
 
+def finish(ok: bool) -> None:
+    """Leave the process group before the interpreter exits. After a command that succeeded, every rank first
+    waits for the others (a barrier), so none tears down its gloo connections while another still uses them;
+    a rank that finished its share early and exited with the group alive aborted in the gloo teardown
+    ('terminate called without an active exception', SIGABRT). After an error there is no barrier: the other
+    ranks may never reach it."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if ok:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
 def check_parts(batch_size: int, w: World, accumulate: int = 1) -> int:
     """The number of batch parts (world size x accumulate), refused unless it divides the global batch."""
     if accumulate < 1:

@@ -40,8 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_command("rissole", lambda: args.func(args),
-                       "files already on disk are complete (written atomically).")
+
+    def body() -> int | None:
+        ok = False
+        try:
+            result = args.func(args)
+            ok = True
+            return result
+        finally:
+            if "torch.distributed" in sys.modules:  # only a command that ran under torchrun can have joined a group
+                from rissole.distributed import finish
+
+                finish(ok)
+
+    return run_command("rissole", body, "files already on disk are complete (written atomically).")
 
 
 if __name__ == "__main__":
