@@ -52,6 +52,15 @@ def run_world(fn: Callable[..., Any], args: tuple, out: Path, world: int = 2) ->
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 
+def _command_rank(rank: int, world: int, port: int, argv: list[str], out: str) -> None:
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"})
+    from rissole.cli.main import main
+
+    code = main(argv)
+    Path(out, f"rank{rank}.txt").write_text(f"{code} {torch.distributed.is_initialized()}")
+
+
 def child_error(stderr: str) -> str:
     """What a failed rank printed, without torchrun's long summary after it."""
     return stderr.split("torch.distributed.elastic.multiprocessing.errors.ChildFailedError")[0][-4000:]
@@ -149,6 +158,24 @@ def test_torchrun_drives_rissole_train(nd: dict[str, Any], tmp_path: Path) -> No
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
     assert len((tmp_path / "run" / "log.csv").read_text().splitlines()) == 3
     assert r.stderr.count("parameters used by the forward pass") + r.stdout.count("parameters used by the forward pass") <= 1
+
+
+def test_a_command_leaves_the_process_group_on_every_rank(nd: dict[str, Any], tmp_path: Path) -> None:
+    """A rank that exits with its gloo group alive can abort in interpreter finalization ('terminate called without
+    an active exception'), which failed CI once: every command destroys the group, after success and after an error."""
+    import shutil
+
+    import torch.multiprocessing as mp
+
+    db = tmp_path / "db"
+    shutil.copytree(nd["db_b"], db)
+    for argv, code in ((["db", "neighbours", str(db), "--backend", "exact", "--keys", "latent", "-k", "3",
+                         "--queries", str(nd["a"])], 0),
+                       (["db", "neighbours", str(tmp_path / "missing"), "--backend", "exact"], 2)):  # refused after init
+        for f in tmp_path.glob("rank*.txt"):
+            f.unlink()
+        mp.spawn(_command_rank, args=(2, free_port(), argv, str(tmp_path)), nprocs=2, join=True)
+        assert [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)] == [f"{code} False"] * 2
 
 
 def test_sharded_encode_embed_and_tables_equal_one_process_byte_for_byte(tmp_path: Path) -> None:
