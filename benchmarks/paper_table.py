@@ -258,7 +258,16 @@ def recorded_rows(current: dict[str, str]) -> dict[str, dict[str, Any]]:
     old = read_json(RESULTS)
     if old is None or old.get("first_stage", {}).get("weights_hash") != current["weights_hash"]:
         return {}
-    return {r["row"]: r for r in old["rows"]}
+    rows = {r["row"]: r for r in old["rows"]}
+    for r in rows.values():
+        if measured(r):
+            r.setdefault("machine", old["machine"])
+    return rows
+
+
+def measured(row: dict[str, Any]) -> bool:
+    """A row with a trained model or an evaluation (the others are listed as not trained)."""
+    return "params" in row or bool(row.get("ddim50"))
 
 
 def fid_summary(evals: list[dict[str, Any]]) -> dict[str, float] | None:
@@ -296,13 +305,15 @@ def ordering_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def report(n: int) -> dict[str, Any]:
-    """Gather every row's results into one JSON and a markdown table (rows not yet run are listed as such)."""
+    """Gather every row's results into one JSON and a markdown table (rows not yet run are listed as such);
+    each row names the machine it was measured on."""
     from benchmarks._machine import machine_info
     from rissole.checkpoint import load_checkpoint
     from rissole.heads.registry import head
 
     stage = first_stage()
     recorded = recorded_rows(stage)
+    here = machine_info()  # a row's run directory, where its figures come from, is on this machine
     rows = []
     for row in ALL_ROWS:
         d = run_dir(row)
@@ -322,8 +333,10 @@ def report(n: int) -> dict[str, Any]:
         entry["ddpm1000"] = [read_json(p) for p in sorted(d.glob(f"eval_ddpm1000_n{n}_seed*.json"))]
         entry["ddim_vs_ddpm"] = sampler_comparison(d)
         entry["timing"] = read_json(RUNS / "timing.json", {}).get(row)
+        if measured(entry):
+            entry["machine"] = here
         rows.append(entry)
-    result = {"benchmark": "paper_table", "machine": machine_info(), "n": n, "common": COMMON,
+    result = {"benchmark": "paper_table", "machine": here, "n": n, "common": COMMON,
               "base_config": str(BASE_CONFIG.relative_to(ROOT)), "first_stage": stage, "rows": rows,
               "orderings": ordering_verdicts(rows), "previous": previous_tables(stage)}
     write_json_atomic(RESULTS, result)

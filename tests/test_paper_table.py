@@ -49,3 +49,18 @@ def test_a_table_on_another_first_stage_is_kept(tmp_path: Path, monkeypatch: pyt
     assert len(kept) == 1 and kept[0]["first_stage"]["vqgan"] == "checkpoints/vqgan-fmnist-f4"
     results.write_text(json.dumps({"rows": [], "first_stage": {"weights_hash": "b"}, "previous": kept}))
     assert pt.previous_tables({"weights_hash": "b"}) == kept  # same first stage: replaced, the older one still kept
+
+
+def test_rows_recorded_on_the_same_first_stage_are_kept_with_their_machine(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """runs/ stays on the machine that made it: a report elsewhere must not turn measured rows into 'not trained'."""
+    results = tmp_path / "paper_table.json"
+    monkeypatch.setattr(pt, "RESULTS", results)
+    rows = [{"row": "rissole", "params": 1, "ddim50": [{"fid": 38.3}]}, {"row": "rissole-rag", "ddim50": []},
+            {"row": "rdm", "params": 1, "ddim50": [{"fid": 36.7}], "machine": {"cpu": "X"}}]
+    results.write_text(json.dumps({"rows": rows, "machine": {"cpu": "Y"}, "first_stage": {"weights_hash": "b"}}))
+    kept = pt.recorded_rows({"weights_hash": "b"})
+    assert kept["rissole"]["ddim50"][0]["fid"] == 38.3 and kept["rissole"]["machine"] == {"cpu": "Y"}  # the table's
+    assert "machine" not in kept["rissole-rag"]  # never trained: no machine to name
+    assert kept["rdm"]["machine"] == {"cpu": "X"}  # its own, when recorded
+    assert pt.recorded_rows({"weights_hash": "c"}) == {}  # another first stage: nothing carried over
