@@ -31,9 +31,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, out: str) -> None:
+def _rank_env(rank: int, world: int, port: int) -> None:
+    """The environment torchrun gives a rank, for a process spawned here."""
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
                        "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"})
+
+
+def _rank_main(rank: int, world: int, port: int, fn: Callable[..., Any], args: tuple, out: str) -> None:
+    _rank_env(rank, world, port)
     torch.set_num_threads(1)
     try:
         trainer = fn(*args)
@@ -53,8 +58,7 @@ def run_world(fn: Callable[..., Any], args: tuple, out: Path, world: int = 2) ->
 
 
 def _command_rank(rank: int, world: int, port: int, argv: list[str], out: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"})
+    _rank_env(rank, world, port)
     from rissole.cli.main import main
 
     code = main(argv)

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             ok = True
             return result
         finally:
-            if "torch.distributed" in sys.modules:  # only a command that ran under torchrun can have joined a group
+            if "torch.distributed" in sys.modules:  # a command that never imported torch joined no group
                 from rissole.distributed import finish
 
                 finish(ok)
