@@ -72,6 +72,23 @@ def test_fid_bootstrap_spread_is_seeded_and_reflects_the_sample_set(feats: tuple
     assert b["fid_bootstrap_std"] > 0 and b["fid_bootstrap_resamples"] == 20
 
 
+def test_fid_bootstrap_draws_equal_fid_of_the_drawn_rows(feats: tuple[np.ndarray, np.ndarray]) -> None:
+    """The weighted-distinct-rows shortcut gives, draw for draw, fid_from_features of the drawn rows: on the
+    features route (N <= D) and with more reference rows than dimensions (the reference's D x D factor)."""
+    from rissole.metrics.fid import fid_bootstrap
+
+    real, noise = feats
+    for sample, ref in ((real[:HALF], real[HALF:]), (noise[:, :40], real[:, :40])):
+        rng = np.random.default_rng(3)
+        naive = np.array([fid_from_features(sample[rng.integers(0, len(sample), len(sample))], ref)
+                          for _ in range(6)])
+        got = fid_bootstrap(sample, ref, resamples=6, seed=3)
+        assert got["fid_bootstrap_mean"] == pytest.approx(naive.mean(), rel=1e-9)
+        assert got["fid_bootstrap_std"] == pytest.approx(naive.std(ddof=1), rel=1e-7)
+    with pytest.raises(DataError, match="one D"):
+        fid_bootstrap(real, real[:, :10])
+
+
 def test_frechet_distance_closed_form() -> None:
     """Diagonal Gaussians: ||mu1 - mu2||^2 + sum (s1 + s2 - 2 sqrt(s1 s2)); invariant under a shared rotation."""
     rng = np.random.default_rng(1)

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--kid", action="store_true", help="also KID: unbiased MMD^2, cubic kernel, 100 subsets of min(1000, N)")
     f.add_argument("--pr", action="store_true", help="also improved precision/recall (k = 3 nearest neighbours)")
     f.add_argument("--bootstrap", type=at.non_negative_int, default=0, metavar="B",
-                   help="also the FID's standard error from B bootstrap resamples of the samples (about 2 s each at "
+                   help="also the FID's standard error from B bootstrap resamples of the samples (about 1 s each at "
                         "N = 2,000 on a CPU; 0: off)")
     f.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
     f.add_argument(
