@@ -1,8 +1,8 @@
-"""Top-m x guidance trade-off of an RDM or RARM head (RDM paper, Fig. 13) on Fashion-MNIST 32 x 32.
+"""Top-m x guidance trade-off of a head (RDM paper, Fig. 13; RDM, RARM or RISSOLE) on Fashion-MNIST 32 x 32.
 
 For every top-m fraction m (pseudo-queries drawn from the top m of p_D, RDM paper Eq. 7) and guidance
 scale s (classifier-free, against all-zero neighbour embeddings): N samples (DDIM-50 for RDM; RARM's
-token loop) -> FID, KID and improved precision / recall (k-NN balls, k = 3, on Inception pool
+token loop; RISSOLE DDIM-50 on its block database) -> FID, KID and improved precision / recall (k-NN balls, k = 3, on Inception pool
 features) against the first N images of the Fashion-MNIST test split. Every cell uses the same
 sampling seed, so cells differ only by m and s (batch b's noise seed is seed * 100_003 + start, as in
 the paper table, whose m = 1, s = 1 samples this reproduces).
@@ -12,6 +12,7 @@ Resumable per cell: runs/rdm_tradeoff/<kind>-<weights hash>-db<database hash>/m<
 
     python -m benchmarks.rdm_tradeoff                                   # runs/paper/rdm/final -> results/rdm_tradeoff.json
     python -m benchmarks.rdm_tradeoff --ckpt runs/paper/rarm/final      # -> results/rarm_tradeoff.json
+    python -m benchmarks.rdm_tradeoff --ckpt checkpoints/rissole-fmnist-g2 --top-m 1 --guidance 1 1.5 2   # -> rissole_tradeoff.json
     python -m benchmarks.rdm_tradeoff -n 32 --top-m 0.1 --guidance 1 2 --out /tmp/t.json   # a quick try
 
 Cost (one thread): about N x (0.06 s at s = 1, 0.1 s at s > 1) for RDM DDIM-50 sampling plus Inception
@@ -42,7 +43,7 @@ def run_tag(pipe: Any, ckpt: str) -> str:
     """Cells belong to one checkpoint's weights and one database: a retrained model starts afresh."""
     from rissole.checkpoint import load_checkpoint
 
-    return f"{pipe.kind}-{load_checkpoint(ckpt).weights_hash()[:12]}-db{pipe.edb.db.manifest['sha256'][:8]}"
+    return f"{pipe.kind}-{load_checkpoint(ckpt).weights_hash()[:12]}-db{pipe.db.manifest['sha256'][:8]}"
 
 
 def run_cell(pipe: Any, m: float, s: float, args: argparse.Namespace, cell_dir: Path) -> dict[str, Any]:
@@ -91,8 +92,8 @@ def markdown(cells: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", default=str(ROOT / "runs/paper/rdm/final"), help="RDM or RARM checkpoint")
-    ap.add_argument("--database", default=None, help="embedding database to sample with (default: the checkpoint's)")
+    ap.add_argument("--ckpt", default=str(ROOT / "runs/paper/rdm/final"), help="RDM, RARM or RISSOLE checkpoint")
+    ap.add_argument("--database", default=None, help="database to sample with (default: the checkpoint's)")
     ap.add_argument("-n", type=int, default=2000, help="samples per cell (FID / KID / precision / recall)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every cell)")
     ap.add_argument("--top-m", type=float, nargs="+", default=TOP_M, help="top-m fractions of p_D")
@@ -109,17 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from benchmarks._machine import machine_info
     from rissole_runtime.fileio import write_json_atomic
-    from rissole.heads.neighbour_pipeline import NeighbourHeadPipeline
+    from rissole.heads.registry import load_pipeline
 
     if not (Path(args.ckpt) / "config.yaml").is_file():
         raise SystemExit(f"{args.ckpt}: no checkpoint there (train it first, e.g. "
                          "`python -m benchmarks.paper_table train --rows rdm rarm`)")
-    pipe = NeighbourHeadPipeline.load(args.ckpt, database=args.database, device="cpu")
+    pipe = load_pipeline(args.ckpt, database=args.database, device="cpu")
     args.sampler_name = f"ddim{args.steps}" if "steps" in pipe.accepts else "tokens"
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"{pipe.kind}_tradeoff.json")
     cell_dir = Path(args.runs) / run_tag(pipe, args.ckpt)
     cell_dir.mkdir(parents=True, exist_ok=True)
-    print(f"{pipe.kind} {args.ckpt}, database {pipe.edb.path} ({len(pipe.edb)} rows); cells in {cell_dir}", flush=True)
+    print(f"{pipe.kind} {args.ckpt}, database {pipe.db.path} ({pipe.db.rows} rows); cells in {cell_dir}", flush=True)
     cells = []
     for m in args.top_m:
         for s in args.guidance:
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"recall {c['recall']:.3f}  ({time.perf_counter() - t0:.0f} s this call)", flush=True)
     table = markdown(cells)
     result = {"benchmark": "rdm_tradeoff", "machine": machine_info(), "checkpoint": args.ckpt, "kind": pipe.kind,
-              "database": str(pipe.edb.path), "database_rows": len(pipe.edb), "k": pipe.k, "n": args.n,
+              "database": str(pipe.db.path), "database_rows": pipe.db.rows, "k": pipe.k, "n": args.n,
               "seed": args.seed, "sampler": args.sampler_name, "ref": "fmnist:test (first N)",
               "metrics": "FID, KID (100 subsets of min(N, 1000)), improved precision/recall with k = 3 "
                          "on Inception pool features", "cells_dir": os.path.relpath(cell_dir, ROOT),
