@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(c)
             print(f"m {m:g} s {s:g}: FID {c['fid']:.2f}  KID {c['kid_mean']:.4f}  precision {c['precision']:.3f}  "
                   f"recall {c['recall']:.3f}  ({time.perf_counter() - t0:.0f} s this call)", flush=True)
+    cells.sort(key=lambda c: (c["top_m"], c["guidance"]))  # run in the order given, reported in order
     table = markdown(cells)
     result = {"benchmark": "rdm_tradeoff", "machine": machine_info(), "checkpoint": args.ckpt, "kind": pipe.kind,
               "database": str(pipe.db.path), "database_rows": pipe.db.rows, "k": pipe.k, "n": args.n,
