@@ -19,6 +19,7 @@ class Panel:
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     xlog: bool = True
     hline: float | None = None  # e.g. a recall target
+    join: str = "pareto"  # "pareto": markers joined along the series' Pareto front; "all": every marker, in x order
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -39,7 +40,8 @@ def _font(size: int) -> ImageFont.ImageFont:
 
 
 def save_panels(panels: list[Panel], path: str | Path, width: int = 560, height: int = 420) -> None:
-    """Panels side by side; each series as markers joined along its Pareto front, legend bottom-left."""
+    """Panels side by side; each series as markers joined along its Pareto front (or all of them, Panel.join),
+    legend bottom-left."""
     img = Image.new("RGB", (width * len(panels), height), "white")
     draw = ImageDraw.Draw(img)
     small, big = _font(12), _font(15)
@@ -69,7 +71,7 @@ def save_panels(panels: list[Panel], path: str | Path, width: int = 560, height:
             draw.line([x0, Y(p.hline), x1, Y(p.hline)], fill="#999999", width=1)
         for j, (name, s) in enumerate(p.series.items()):
             c = COLOURS[j % len(COLOURS)]
-            front = pareto_front(s)
+            front = pareto_front(s) if p.join == "pareto" else sorted(s)
             if len(front) > 1:
                 draw.line([(X(x), Y(y)) for x, y in front], fill=c, width=2)
             for x, y in s:

@@ -76,10 +76,24 @@ ORDERINGS: list[tuple[str, str, str]] = [
 ]
 
 
-def train_argv(row: str) -> list[str]:
+def row_source(row: str) -> tuple[Path, list[str]]:
+    """A row's base config and its overrides."""
     if row in HEAD_ROWS:
-        return ["--config", str(HEAD_ROWS[row][1]), "--set", *TRAIN]
-    return ["--config", str(BASE_CONFIG), "--set", *COMMON, *ROWS[row][1]]
+        return HEAD_ROWS[row][1], list(TRAIN)
+    return BASE_CONFIG, [*COMMON, *ROWS[row][1]]
+
+
+def train_argv(row: str) -> list[str]:
+    base, overrides = row_source(row)
+    return ["--config", str(base), "--set", *overrides]
+
+
+def row_config(row: str) -> dict[str, Any]:
+    """The config `rissole train` resolves from train_argv(row)."""
+    from rissole.config import apply_overrides, load_config
+
+    base, overrides = row_source(row)
+    return apply_overrides(load_config(base), overrides)
 
 
 def label(row: str) -> str:

@@ -12,7 +12,11 @@ first 2,000 test images, FID and KID, two seeds. Resumable stages, one thread pe
     python -m benchmarks.param_budget report     # benchmarks/results/param_budget.{json,md,png}
 
 Run rows two at a time (two queues, one per core): a row trains in roughly 20-40 minutes on one thread
-here and its two FID seeds take about 15 minutes, so the 12 rows take a few sessions.
+here and its two FID seeds take about 15 minutes, so the 12 rows take a few sessions. runs/ does not
+travel between machines, so the report keeps the rows recorded in results/param_budget.json (when their
+fitted config is unchanged), and a row whose fitted config is exactly a paper-table row's (same model,
+data, schedule and training; only train.max_params differs) takes that row's recorded seeds instead of
+being trained twice.
 """
 
 from __future__ import annotations
@@ -67,8 +71,33 @@ def resolved(row: str) -> Path:
     return path
 
 
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """What decides a trained model: the config without the budget check (train.max_params) and the kind tag."""
+    import copy
+
+    out = copy.deepcopy(config)
+    out.pop("kind", None)
+    out.get("train", {}).pop("max_params", None)
+    return out
+
+
+def paper_table_twin(row: str) -> str | None:
+    """The paper-table row trained from exactly this row's fitted config, if one is (its seeds are this row's)."""
+    import yaml
+
+    mine = comparable(yaml.safe_load(resolved(row).read_text()))
+    for other in paper_table.ALL_ROWS:
+        if comparable(paper_table.row_config(other)) == mine:
+            return other
+    return None
+
+
 def train(rows: list[str]) -> None:
     for row in rows:
+        twin = paper_table_twin(row)
+        if twin is not None and not (RUNS / row / "run").exists():
+            print(f"{row}: the same config as paper-table row {twin!r}; its recorded seeds are used, not trained again")
+            continue
         paper_table.train_one(row, RUNS / row / "run", ["--config", str(resolved(row))], RUNS / row)
 
 
@@ -103,45 +132,70 @@ def evaluate(rows: list[str], n: int) -> None:
             print(f"{row} seed {seed}: FID {res['fid']:.2f}", flush=True)
 
 
-def report(n: int) -> dict[str, Any]:
-    import numpy as np
+def row_entry(row: str, n: int, recorded: dict[str, dict[str, Any]], here: dict[str, Any]) -> dict[str, Any]:
+    """One row's figures: from its run directory on this machine; else as recorded in RESULTS (a session whose
+    runs/ is gone), when its fitted config is unchanged; else a paper-table twin's recorded seeds; else not run."""
+    import yaml
 
+    from rissole.budget import count
+
+    head, budget = parts(row)
+    config = yaml.safe_load(resolved(row).read_text())
+    entry: dict[str, Any] = {"row": row, "head": head, "label": HEADS[head][0], "budget": BUDGETS[budget],
+                             "parameters": count(config)["total"], "config": comparable(config)}
+    evals = [e for e in (paper_table.read_json(RUNS / row / f"eval_n{n}_seed{s}.json") for s in SEEDS) if e]
+    twin = paper_table_twin(row)
+    if evals:
+        wall = paper_table.read_json(RUNS / row / "wall.json")
+        entry.update(source="trained here", evals=evals, machine=here,
+                     train_wall_s=wall["seconds"] if wall else None)
+    elif row in recorded and recorded[row].get("config") == entry["config"] and recorded[row].get("evals"):
+        return recorded[row]
+    elif twin is not None:
+        table = {r["row"]: r for r in paper_table.read_json(paper_table.RESULTS, {"rows": []})["rows"]}
+        twin_row = table.get(twin, {})
+        evals = [e for e in twin_row.get("ddim50", []) if e["seed"] in SEEDS and e["n"] == n]
+        entry.update(source=f"paper-table row {twin}", evals=evals, machine=twin_row.get("machine"),
+                     train_wall_s=twin_row.get("train_seconds"))
+    else:
+        entry.update(source="not run", evals=[])
+    entry["fid"] = paper_table.fid_summary(entry["evals"])
+    if entry["evals"]:
+        entry["kid_mean"] = sum(e["kid_mean"] for e in entry["evals"]) / len(entry["evals"])
+    return entry
+
+
+def report(n: int) -> dict[str, Any]:
     from benchmarks._machine import machine_info
     from benchmarks._plot import Panel, save_panels
-    from rissole.budget import count
-    from rissole.config import load_config
     from rissole_runtime.fileio import write_text_atomic
 
-    rows, series = [], {}
-    for row in ROWS:
-        head, budget = parts(row)
-        cfg_path = RUNS / row / "config.yaml"
-        evals = [paper_table.read_json(RUNS / row / f"eval_n{n}_seed{s}.json") for s in SEEDS]
-        evals = [e for e in evals if e]
-        entry: dict[str, Any] = {"row": row, "head": head, "label": HEADS[head][0], "budget": BUDGETS[budget]}
-        if cfg_path.is_file():
-            entry["parameters"] = count(load_config(cfg_path))["total"]
-        if evals:
-            f = np.array([e["fid"] for e in evals])
-            entry.update(fid_mean=float(f.mean()), fid_seeds=[float(x) for x in f],
-                         kid_mean=float(np.mean([e["kid_mean"] for e in evals])), seeds=len(evals))
-            series.setdefault(HEADS[head][0], []).append((entry["parameters"], -entry["fid_mean"]))
-        wall = paper_table.read_json(RUNS / row / "wall.json")
-        if wall:
-            entry["train_wall_s"] = wall["seconds"]
-        rows.append(entry)
-    res = {"benchmark": "param_budget", "machine": machine_info(), "n": n, "rows": rows,
-           "protocol": {"train": paper_table.TRAIN, "sampler": "ddim 50", "reference": f"first {n} fmnist:test"},
-           "command": "python -m benchmarks.param_budget train/eval/report"}
-    md = ["| head | budget | used parameters | FID (N = 2,000, mean of seeds) | seeds | KID x1e3 | train wall |",
-          "|---|---:|---:|---:|---:|---:|---:|"]
+    old = paper_table.read_json(RESULTS, {"rows": []})
+    recorded = {r["row"]: r for r in old["rows"] if r.get("n", n) == n}
+    here = machine_info()
+    rows = [row_entry(row, n, recorded, here) for row in ROWS]
+    series: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
-        md.append(f"| {r['label']} | {r['budget']:,} | {r.get('parameters', '-'):,} | "
-                  f"{r['fid_mean']:.2f} | {r['seeds']} | {r['kid_mean'] * 1e3:.2f} | {r.get('train_wall_s', 0) / 60:.0f} min |"
-                  if "fid_mean" in r else f"| {r['label']} | {r['budget']:,} | {r.get('parameters', '-')} | not run | 0 | - | - |")
+        if r["fid"]:
+            series.setdefault(r["label"], []).append((r["parameters"], r["fid"]["mean"]))
+    res = {"benchmark": "param_budget", "machine": here, "n": n, "rows": rows,
+           "protocol": {"train": paper_table.TRAIN, "sampler": "ddim 50", "reference": f"first {n} fmnist:test",
+                        "seeds": list(SEEDS)},
+           "command": "python -m benchmarks.param_budget train/eval/report"}
+    md = ["| head | budget | used parameters | FID (N = 2,000): mean ± seed SD | seeds | bootstrap SE | KID x1e3 | "
+          "train wall | source |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        f = r["fid"]
+        if f is None:
+            md.append(f"| {r['label']} | {r['budget']:,} | {r['parameters']:,} | not run | 0 | - | - | - | - |")
+            continue
+        sd = f"{f['seed_sd']:.2f}" if f["seeds"] > 1 else "-"
+        wall = f"{r['train_wall_s'] / 60:.0f} min" if r.get("train_wall_s") else "-"
+        md.append(f"| {r['label']} | {r['budget']:,} | {r['parameters']:,} | {f['mean']:.2f} ± {sd} | {f['seeds']} | "
+                  f"{f['bootstrap_se']:.2f} | {r['kid_mean'] * 1e3:.2f} | {wall} | {r['source']} |")
     if series:
-        save_panels([Panel("-FID (N = 2,000) vs used parameters", "parameters (log)", "-FID",
-                           {k: sorted(v) for k, v in series.items()}, xlog=True)], RESULTS.with_suffix(".png"))
+        save_panels([Panel("FID (N = 2,000, mean of seeds) vs used parameters", "parameters (log)", "FID",
+                           series, xlog=True, join="all")], RESULTS.with_suffix(".png"))
     paper_table.write_json_atomic(RESULTS, res)
     write_text_atomic(RESULTS.with_suffix(".md"), "\n".join(md) + "\n")
     print("\n".join(md))
