@@ -81,11 +81,16 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def paper_table_twin(row: str) -> str | None:
-    """The paper-table row trained from exactly this row's fitted config, if one is (its seeds are this row's)."""
+def fitted(row: str) -> dict[str, Any]:
+    """The row's fitted config (see resolved)."""
     import yaml
 
-    mine = comparable(yaml.safe_load(resolved(row).read_text()))
+    return yaml.safe_load(resolved(row).read_text())
+
+
+def paper_table_twin(config: dict[str, Any]) -> str | None:
+    """The paper-table row trained from exactly this fitted config, if one is (its seeds are this row's)."""
+    mine = comparable(config)
     for other in paper_table.ALL_ROWS:
         if comparable(paper_table.row_config(other)) == mine:
             return other
@@ -94,7 +99,7 @@ def paper_table_twin(row: str) -> str | None:
 
 def train(rows: list[str]) -> None:
     for row in rows:
-        twin = paper_table_twin(row)
+        twin = paper_table_twin(fitted(row))
         if twin is not None and not (RUNS / row / "run").exists():
             print(f"{row}: the same config as paper-table row {twin!r}; its recorded seeds are used, not trained again")
             continue
@@ -132,27 +137,25 @@ def evaluate(rows: list[str], n: int) -> None:
             print(f"{row} seed {seed}: FID {res['fid']:.2f}", flush=True)
 
 
-def row_entry(row: str, n: int, recorded: dict[str, dict[str, Any]], here: dict[str, Any]) -> dict[str, Any]:
+def row_entry(row: str, n: int, recorded: dict[str, dict[str, Any]], table: dict[str, dict[str, Any]],
+              here: dict[str, Any]) -> dict[str, Any]:
     """One row's figures: from its run directory on this machine; else as recorded in RESULTS (a session whose
-    runs/ is gone), when its fitted config is unchanged; else a paper-table twin's recorded seeds; else not run."""
-    import yaml
-
+    runs/ is gone), when its fitted config is unchanged; else a paper-table twin's recorded seeds (`table`: the
+    paper table's rows by name); else not run."""
     from rissole.budget import count
 
     head, budget = parts(row)
-    config = yaml.safe_load(resolved(row).read_text())
+    config = fitted(row)
     entry: dict[str, Any] = {"row": row, "head": head, "label": HEADS[head][0], "budget": BUDGETS[budget],
                              "parameters": count(config)["total"], "config": comparable(config)}
     evals = [e for e in (paper_table.read_json(RUNS / row / f"eval_n{n}_seed{s}.json") for s in SEEDS) if e]
-    twin = paper_table_twin(row)
     if evals:
         wall = paper_table.read_json(RUNS / row / "wall.json")
         entry.update(source="trained here", evals=evals, machine=here,
                      train_wall_s=wall["seconds"] if wall else None)
     elif row in recorded and recorded[row].get("config") == entry["config"] and recorded[row].get("evals"):
         return recorded[row]
-    elif twin is not None:
-        table = {r["row"]: r for r in paper_table.read_json(paper_table.RESULTS, {"rows": []})["rows"]}
+    elif (twin := paper_table_twin(config)) is not None:
         twin_row = table.get(twin, {})
         evals = [e for e in twin_row.get("ddim50", []) if e["seed"] in SEEDS and e["n"] == n]
         entry.update(source=f"paper-table row {twin}", evals=evals, machine=twin_row.get("machine"),
@@ -171,9 +174,10 @@ def report(n: int) -> dict[str, Any]:
     from rissole_runtime.fileio import write_text_atomic
 
     old = paper_table.read_json(RESULTS, {"rows": []})
-    recorded = {r["row"]: r for r in old["rows"] if r.get("n", n) == n}
+    recorded = {r["row"]: r for r in old["rows"]} if old.get("n", n) == n else {}
+    table = {r["row"]: r for r in paper_table.read_json(paper_table.RESULTS, {"rows": []})["rows"]}
     here = machine_info()
-    rows = [row_entry(row, n, recorded, here) for row in ROWS]
+    rows = [row_entry(row, n, recorded, table, here) for row in ROWS]
     series: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         if r["fid"]:

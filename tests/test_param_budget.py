@@ -22,7 +22,7 @@ def sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_paper_table_twins_are_the_rows_with_the_same_fitted_config(sweep: Path) -> None:
-    twins = {row: pb.paper_table_twin(row) for row in pb.ROWS}
+    twins = {row: pb.paper_table_twin(pb.fitted(row)) for row in pb.ROWS}
     assert twins["rissole-2M"] == "rissole" and twins["ldm-2M"] == "ldm" and twins["rdm-2M"] == "rdm"
     assert twins["rissole-1M"] == "rissole-half"  # width 32: the table's half-width row
     assert twins["rissole-0.25M"] is None and twins["rdm-1M"] is None
