@@ -32,6 +32,17 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front[::-1]
 
 
+def nice_ticks(lo: float, hi: float, target: int = 5) -> tuple[list[float], int]:
+    """Round tick values (1, 2 or 5 times a power of ten apart) inside [lo, hi], about `target` of them, and the
+    decimals their labels need."""
+    raw = (hi - lo) / target if hi > lo else 1.0
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(lo / step) * step
+    ticks = [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+    return ticks, max(0, -math.floor(math.log10(step)))
+
+
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size)
@@ -63,10 +74,10 @@ def save_panels(panels: list[Panel], path: str | Path, width: int = 560, height:
             xv = x0 + (e - xmin) / (xmax - xmin or 1) * (x1 - x0)
             draw.line([xv, y1, xv, y1 + 5], fill="black")
             draw.text((xv, y1 + 8), f"1e{e}", fill="black", font=small, anchor="mt")
-        for t in range(6):
-            yv = ymin + t * (ymax - ymin) / 5
+        ticks, decimals = nice_ticks(ymin, ymax)
+        for yv in ticks:
             draw.line([x0 - 5, Y(yv), x0, Y(yv)], fill="black")
-            draw.text((x0 - 8, Y(yv)), f"{yv:.3f}", fill="black", font=small, anchor="rm")
+            draw.text((x0 - 8, Y(yv)), f"{yv:.{decimals}f}", fill="black", font=small, anchor="rm")
         if p.hline is not None:
             draw.line([x0, Y(p.hline), x1, Y(p.hline)], fill="#999999", width=1)
         for j, (name, s) in enumerate(p.series.items()):

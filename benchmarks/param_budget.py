@@ -11,8 +11,9 @@ first 2,000 test images, FID and KID, two seeds. Resumable stages, one thread pe
     python -m benchmarks.param_budget eval  --rows ...
     python -m benchmarks.param_budget report     # benchmarks/results/param_budget.{json,md,png}
 
-Run rows two at a time (two queues, one per core): a row trains in roughly 20-40 minutes on one thread
-here and its two FID seeds take about 15 minutes, so the 12 rows take a few sessions. runs/ does not
+Run rows two at a time (two queues, one per core): on the 2-core reference machine a row trained in
+6-41 minutes on one thread and each FID seed took about 16 minutes, so the 12 rows took about 4.5 hours
+of wall time (the report prints the measured sum). runs/ does not
 travel between machines, so the report keeps the rows recorded in results/param_budget.json (when their
 fitted config is unchanged), and a row whose fitted config is exactly a paper-table row's (same model,
 data, schedule and training; only train.max_params differs) takes that row's recorded seeds instead of
@@ -22,6 +23,7 @@ being trained twice.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +130,12 @@ def evaluate(rows: list[str], n: int) -> None:
             path = RUNS / row / f"eval_n{n}_seed{seed}.json"
             if path.is_file():
                 continue
+            t0 = time.time()
             images, seconds = paper_table.sample(pipe, n, seed, SamplingOptions(steps=50), batch=250)
             m = fid(images, ref="fmnist:test", n=n, with_kid=True, progress=False, bootstrap=50)
             res = {"row": row, "seed": seed, "n": n, "fid": m["fid"], "kid_mean": m["kid_mean"], "kid_std": m["kid_std"],
-                   "fid_bootstrap_std": m["fid_bootstrap_std"], "sampling_s": seconds}
+                   "fid_bootstrap_std": m["fid_bootstrap_std"], "sampling_s": seconds,
+                   "eval_wall_s": time.time() - t0}  # sampling + Inception features + FID/KID/bootstrap
             paper_table.write_json_atomic(path, res)
             np.save(RUNS / row / f"samples_n{n}_seed{seed}.npy", images)
             print(f"{row} seed {seed}: FID {res['fid']:.2f}", flush=True)
@@ -168,6 +172,18 @@ def row_entry(row: str, n: int, recorded: dict[str, dict[str, Any]], table: dict
     return entry
 
 
+def sweep_wall(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sweep's measured wall time: training of every distinct model (twins counted once) and evaluation of
+    every seed whose evaluation was timed (eval_wall_s; older seeds recorded only their sampling time)."""
+    trained = {r["source"] if r["source"].startswith("paper-table") else r["row"]: r["train_wall_s"]
+               for r in rows if r.get("train_wall_s")}
+    evals = [e for r in rows for e in r["evals"]]
+    timed = [e["eval_wall_s"] for e in evals if "eval_wall_s" in e]
+    return {"train_s": sum(trained.values()), "trained_rows": len(trained), "eval_s": sum(timed),
+            "timed_evals": len(timed), "untimed_evals": len(evals) - len(timed),
+            "eval_s_per_seed": sum(timed) / len(timed) if timed else float("nan")}
+
+
 def report(n: int) -> dict[str, Any]:
     from benchmarks._machine import machine_info
     from benchmarks._plot import Panel, save_panels
@@ -182,7 +198,7 @@ def report(n: int) -> dict[str, Any]:
     for r in rows:
         if r["fid"]:
             series.setdefault(r["label"], []).append((r["parameters"], r["fid"]["mean"]))
-    res = {"benchmark": "param_budget", "machine": here, "n": n, "rows": rows,
+    res = {"benchmark": "param_budget", "machine": here, "n": n, "rows": rows, "wall": sweep_wall(rows),
            "protocol": {"train": paper_table.TRAIN, "sampler": "ddim 50", "reference": f"first {n} fmnist:test",
                         "seeds": list(SEEDS)},
            "command": "python -m benchmarks.param_budget train/eval/report"}
@@ -197,6 +213,11 @@ def report(n: int) -> dict[str, Any]:
         wall = f"{r['train_wall_s'] / 60:.0f} min" if r.get("train_wall_s") else "-"
         md.append(f"| {r['label']} | {r['budget']:,} | {r['parameters']:,} | {f['mean']:.2f} ± {sd} | {f['seeds']} | "
                   f"{f['bootstrap_se']:.2f} | {r['kid_mean'] * 1e3:.2f} | {wall} | {r['source']} |")
+    w = res["wall"]
+    md.append(f"\nSweep wall time, one thread per process: training {w['train_s'] / 3600:.1f} h over {w['trained_rows']} "
+              f"trained models; evaluation (sampling + Inception + FID/KID) {w['eval_s'] / 3600:.1f} h over "
+              f"{w['timed_evals']} timed seeds ({w['eval_s_per_seed'] / 60:.0f} min per seed; seeds scored before "
+              f"evaluation was timed: {w['untimed_evals']}).")
     if series:
         save_panels([Panel("FID (N = 2,000, mean of seeds) vs used parameters", "parameters (log)", "FID",
                            series, xlog=True, join="all")], RESULTS.with_suffix(".png"))

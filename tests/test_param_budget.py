@@ -37,7 +37,8 @@ def test_row_figures_come_from_runs_then_the_record_then_a_twin(sweep: Path) -> 
         {"row": "rissole", "ddim50": [ev("rissole", s, 38.0 + s) for s in (0, 1, 2)], "train_seconds": 60.0}]})
     (sweep / "runs" / "ldm-0.25M").mkdir(parents=True)
     for s in (0, 1):
-        (sweep / "runs" / "ldm-0.25M" / f"eval_n2000_seed{s}.json").write_text(json.dumps(ev("ldm-0.25M", s, 60.0 + s)))
+        timed = {**ev("ldm-0.25M", s, 60.0 + s), "eval_wall_s": 100.0}
+        (sweep / "runs" / "ldm-0.25M" / f"eval_n2000_seed{s}.json").write_text(json.dumps(timed))
     res = pb.report(2000)
     by = {r["row"]: r for r in res["rows"]}
     assert by["ldm-0.25M"]["source"] == "trained here" and by["ldm-0.25M"]["fid"]["mean"] == pytest.approx(60.5)
@@ -46,6 +47,9 @@ def test_row_figures_come_from_runs_then_the_record_then_a_twin(sweep: Path) -> 
     assert twin["fid"]["mean"] == pytest.approx(38.5) and twin["train_wall_s"] == 60.0
     assert by["rdm-0.25M"]["source"] == "not run" and by["rdm-0.25M"]["fid"] is None
     assert by["ldm-0.25M"]["parameters"] == 168_634 < 250_000
+    # the sweep's wall time: the twin's training once, the two timed seeds, the twin's two untimed ones
+    assert res["wall"] == {"train_s": 60.0, "trained_rows": 1, "eval_s": 200.0, "timed_evals": 2, "untimed_evals": 2,
+                           "eval_s_per_seed": 100.0}
 
     # runs/ gone (another machine): the recorded row is kept while its fitted config is the same
     (sweep / "runs" / "ldm-0.25M" / "eval_n2000_seed0.json").unlink()
