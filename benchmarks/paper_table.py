@@ -155,12 +155,39 @@ def train_one(name: str, out: Path, config_argv: list[str], logs: Path) -> None:
         raise SystemExit(f"{name}: training failed (exit {code}); see {logs / 'train.log'}")
 
 
+def shipped_twin(row: str) -> Path | None:
+    """A shipped checkpoint made from this row's model (`rissole slim` of runs/paper/ROW/final, EMA weights in
+    the dtype they were trained in: the very network the row sampled with), for adding seeds to a row whose
+    run directory is on another machine."""
+    import yaml
+
+    for cfg_file in sorted((ROOT / "checkpoints").glob("*/config.yaml")):
+        slim = yaml.safe_load(cfg_file.read_text()).get("slimmed_from") or {}
+        if slim.get("path") == f"runs/paper/{row}/final" and slim.get("weights") == "ema" \
+                and slim.get("dtype") == "as trained":
+            return cfg_file.parent
+    return None
+
+
+def checkpoint_of(row: str) -> Path | None:
+    """The row's trained checkpoint: its run's final one, else its shipped twin; None before training ends."""
+    final = run_dir(row) / "final"
+    if (final / "config.yaml").is_file():
+        return final
+    return shipped_twin(row)
+
+
 def load_pipeline(row: str) -> Any:
     """The row's trained pipeline (RISSOLE's, RDM's or RARM's), or None before training ends."""
     from rissole.heads.registry import load_pipeline as load
+    from rissole.paths import ensure_database_for
 
-    ckpt = run_dir(row) / "final"
-    return load(ckpt, device="cpu") if (ckpt / "config.yaml").is_file() else None
+    ckpt = checkpoint_of(row)
+    if ckpt is None:
+        return None
+    if row in HEAD_ROWS:
+        ensure_database_for(ckpt)  # RDM's and RARM's neighbour database, built here if missing
+    return load(ckpt, device="cpu")
 
 
 def samplers_of(pipe: Any, ddpm: bool) -> list[tuple[str, Any]]:
@@ -331,8 +358,10 @@ def report(n: int) -> dict[str, Any]:
     rows = []
     for row in ALL_ROWS:
         d = run_dir(row)
-        if not d.is_dir() and row in recorded:  # measured in an earlier session whose runs/ is gone
-            rows.append(recorded[row])
+        if row in recorded and not (d / "final" / "config.yaml").is_file():
+            # measured in an earlier session whose runs/ is gone; seeds evaluated here since (from the row's
+            # shipped twin) are added
+            rows.append(with_added_seeds(recorded[row], d, n, here))
             continue
         entry: dict[str, Any] = {"row": row, "label": label(row), "train_args": train_argv(row)}
         if (d / "final" / "config.yaml").is_file():
@@ -368,6 +397,22 @@ def report(n: int) -> dict[str, Any]:
         write_text_atomic(readme, head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
         print(f"updated the table in {readme}")
     return result
+
+
+def with_added_seeds(entry: dict[str, Any], d: Path, n: int, here: dict[str, Any]) -> dict[str, Any]:
+    """A recorded row with the DDIM-50 seeds evaluated in D (by seed, not recorded yet) added, each named with
+    the machine it was measured on, and its FID summary recomputed."""
+    have = {e["seed"] for e in entry.get("ddim50", [])}
+    added = [e for e in (read_json(p) for p in sorted(d.glob(f"eval_ddim50_n{n}_seed*.json"))) if e["seed"] not in have]
+    if not added:
+        return entry
+    ckpt = checkpoint_of(entry["row"])
+    entry = {**entry, "ddim50": sorted([*entry.get("ddim50", []),
+                                        *({**e, "machine": here["cpu"],
+                                           "checkpoint": str(ckpt.relative_to(ROOT)) if ckpt else None}
+                                          for e in added)], key=lambda e: e["seed"])}
+    entry["fid"] = fid_summary(entry["ddim50"])
+    return entry
 
 
 def orderings_markdown(orderings: list[dict[str, Any]]) -> str:

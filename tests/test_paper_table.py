@@ -64,3 +64,27 @@ def test_rows_recorded_on_the_same_first_stage_are_kept_with_their_machine(tmp_p
     assert "machine" not in kept["rissole-rag"]  # never trained: no machine to name
     assert kept["rdm"]["machine"] == {"cpu": "X"}  # its own, when recorded
     assert pt.recorded_rows({"weights_hash": "c"}) == {}  # another first stage: nothing carried over
+
+
+def test_the_shipped_rdm_and_rarm_are_their_rows_own_models() -> None:
+    """Only a checkpoint slimmed from the row's run with its EMA weights as trained can add seeds to the row."""
+    assert pt.shipped_twin("rdm") == pt.ROOT / "checkpoints" / "rdm-fmnist-vq"
+    assert pt.shipped_twin("rarm") == pt.ROOT / "checkpoints" / "rarm-fmnist-vq"
+    assert pt.shipped_twin("rissole") is None  # the shipped RISSOLE is its own (fp16, wider) model
+
+
+def test_seeds_evaluated_here_are_added_to_a_recorded_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pt, "RUNS", tmp_path)
+    recorded = {"row": "rdm", "params": 1, "machine": {"cpu": "X"},
+                "ddim50": [{"seed": 0, "n": 2000, "fid": 36.0, "fid_bootstrap_std": 0.4}]}
+    d = tmp_path / "rdm"
+    d.mkdir()
+    for seed, fid in ((0, 99.0), (1, 37.0)):  # seed 0 is recorded already: the record wins
+        (d / f"eval_ddim50_n2000_seed{seed}.json").write_text(json.dumps(
+            {"seed": seed, "n": 2000, "fid": fid, "fid_bootstrap_std": 0.6}))
+    entry = pt.with_added_seeds(recorded, d, 2000, {"cpu": "here"})
+    assert [e["fid"] for e in entry["ddim50"]] == [36.0, 37.0] and entry["ddim50"][1]["machine"] == "here"
+    assert entry["ddim50"][1]["checkpoint"] == "checkpoints/rdm-fmnist-vq" and entry["machine"] == {"cpu": "X"}
+    assert entry["fid"]["mean"] == pytest.approx(36.5) and entry["fid"]["seeds"] == 2
+    assert recorded["ddim50"][0]["fid"] == 36.0 and len(recorded["ddim50"]) == 1  # the record itself unchanged
+    assert pt.with_added_seeds(recorded, tmp_path / "elsewhere", 2000, {"cpu": "here"}) is recorded
