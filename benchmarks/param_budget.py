@@ -157,9 +157,9 @@ def row_entry(row: str, n: int, recorded: dict[str, dict[str, Any]], table: dict
         wall = paper_table.read_json(RUNS / row / "wall.json")
         entry.update(source="trained here", evals=evals, machine=here,
                      train_wall_s=wall["seconds"] if wall else None)
-    elif row in recorded and recorded[row].get("config") == entry["config"] and recorded[row].get("evals") \
-            and not recorded[row].get("source", "").startswith("paper-table"):  # a twin's seeds are re-read below
-        return recorded[row]
+    elif row in recorded and recorded[row].get("source") == "trained here" \
+            and recorded[row]["config"] == entry["config"]:
+        return recorded[row]  # (a twin's record is not kept: its seeds are re-read from the paper table below)
     elif (twin := paper_table_twin(config)) is not None:
         twin_row = table.get(twin, {})
         evals = [e for e in twin_row.get("ddim50", []) if e["seed"] in SEEDS and e["n"] == n]
