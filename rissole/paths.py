@@ -15,7 +15,8 @@ SHIPPED_VQGAN = CHECKPOINTS / "vqgan-fmnist-f4-perceptual"  # first stage B (iss
 SHIPPED_RISSOLE = CHECKPOINTS / "rissole-fmnist-g2"
 SHIPPED_RDM = CHECKPOINTS / "rdm-fmnist-vq"
 SHIPPED_RARM = CHECKPOINTS / "rarm-fmnist-vq"  # the same embedding database as SHIPPED_RDM
-SHIPPED_DB = Path(os.environ.get("RISSOLE_DB", REPO_ROOT / "runs" / "db" / "fmnist-train-g2"))
+# the shipped RISSOLE model's block database (its config's data.db): neighbour tables keyed by the whole latent
+SHIPPED_DB = Path(os.environ.get("RISSOLE_DB", REPO_ROOT / "runs" / "db" / "fmnist-train-g2-latent"))
 SHIPPED_RDM_DB = REPO_ROOT / "runs" / "db" / "rdm-fmnist-b-vq"  # the shipped RDM config's data.db
 SHIPPED_LATENTS = REPO_ROOT / "runs" / "latents" / "fmnist-train.npy"
 EMBEDDINGS = REPO_ROOT / "runs" / "emb"
@@ -39,10 +40,18 @@ def _ensure_latents() -> None:
         encode_source(SHIPPED_VQGAN, "fmnist:train", SHIPPED_LATENTS)
 
 
+def shipped_rissole_key() -> str:
+    """The key mode the shipped RISSOLE model was trained with (its config's model.key), which its
+    database's neighbour tables must be made with."""
+    from rissole.config import load_config
+
+    return str(load_config(SHIPPED_RISSOLE / "config.yaml")["model"]["key"])
+
+
 def ensure_shipped_database() -> Path:
     """Build the shipped RISSOLE model's database on first use: encode the 60k training images with
-    the shipped VQ-GAN, cut them into 2 x 2 blocks, and write the k = 20 neighbour tables (a few
-    minutes on a CPU; nothing is downloaded). Later calls find it and return at once."""
+    the shipped VQ-GAN, cut them into 2 x 2 blocks, and write the k = 20 neighbour tables with the
+    model's key mode (a few minutes on a CPU; nothing is downloaded). Later calls find it and return at once."""
     from rissole.retrieval import build_database, open_database
     from rissole.retrieval.keys import KeySet
     from rissole.retrieval.neighbours import make_tables
@@ -54,7 +63,7 @@ def ensure_shipped_database() -> Path:
     if not (SHIPPED_DB / "manifest.json").is_file():
         build_database(SHIPPED_LATENTS, SHIPPED_DB, grid=2)
     db = open_database(SHIPPED_DB)
-    for line in make_tables(db, KeySet(db, "block0"), "scann", {"threads": 1}, k=20):
+    for line in make_tables(db, KeySet(db, shipped_rissole_key()), "scann", {"threads": 1}, k=20):
         print(line)
     return SHIPPED_DB
 
