@@ -71,7 +71,8 @@ def refused(cli: Callable[[list[str]], int], argv: list[Any], where: Path, menti
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """64 Fashion-MNIST training images -> latents (shipped VQ-GAN) -> a g = 2 database with exact k = 5 tables."""
+    """64 Fashion-MNIST training images -> latents (shipped VQ-GAN) -> a g = 2 database with exact k = 5 block-0
+    tables, and one with full-latent tables (the key mode of the shipped RISSOLE)."""
     from rissole.autoencoder import load_vqgan
     from rissole.checkpoint import load_checkpoint
     from rissole.data import load_source
@@ -88,7 +89,9 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                   labels=data.labels, progress=False)
     db = build_database(d / "lat.npy", d / "db", grid=2, progress=False)
     make_tables(db, KeySet(db, "block0"), "exact", {}, k=5, progress=False)
-    return {"dir": d, "latents": d / "lat.npy", "db": d / "db", "vqgan": SHIPPED_VQGAN}
+    shipped = build_database(d / "lat.npy", d / "db-latent", grid=2, progress=False)  # the shipped RISSOLE's key mode
+    make_tables(shipped, KeySet(shipped, "latent"), "exact", {}, k=5, progress=False)
+    return {"dir": d, "latents": d / "lat.npy", "db": d / "db", "db_latent": d / "db-latent", "vqgan": SHIPPED_VQGAN}
 
 
 def copy_db(real: dict[str, Path], dest: Path) -> Path:
@@ -585,7 +588,7 @@ def test_a_decompression_bomb_is_refused_by_its_header(real, tmp_path, capsys) -
     _bomb_png(folder / "bomb.png")
     refused(rissole, ["encode", "--source", f"folder:{folder}", "--out", tmp_path / "z.npy"], tmp_path,
             [str(folder / "bomb.png"), "too many pixels", "expected an image of at most"], capsys)
-    refused(rissole, ["sample", "--db", real["db"], "--query", folder / "bomb.png", "-n", 1, "--out",
+    refused(rissole, ["sample", "--db", real["db_latent"], "--query", folder / "bomb.png", "-n", 1, "--out",
                       tmp_path / "s.png"], tmp_path, [str(folder / "bomb.png"), "too many pixels"], capsys)
 
 
