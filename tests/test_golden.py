@@ -6,7 +6,8 @@ the noise, the neighbours, p_D, the v -> eps conversion, guidance or the RARM dr
 Only the `rissole` command line is used, so the test does not depend on the library's internal API.
 
 The databases are small ones built here (the first 300 training images through the shipped
-VQ-GAN, exact tables; the block database keyed by the whole latent, as the shipped RISSOLE is), so the test needs neither the shipped 60k-row databases nor minutes.
+VQ-GAN, exact tables; the block tables keyed by the whole latent, as the shipped RISSOLE is), so
+the test needs neither the shipped 60k-row databases nor minutes.
 """
 
 from __future__ import annotations
